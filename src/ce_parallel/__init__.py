@@ -1,0 +1,97 @@
+"""ce-parallel: one safe place to decide whether and how to run work in parallel.
+
+Import everything from here. Names are loaded on first use so that ``import ce_parallel`` stays
+light: no pool, no backend (joblib, loky, dask, psutil) is imported until a strategy needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .config import ParallelConfig
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    MapCancelledError,
+    ParallelExecutionError,
+    SerializationError,
+    WorkerCrashedError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (relative to this package)
+_LAZY: dict[str, str] = {
+    "ParallelFacade": ".facade",
+    "ParallelDecision": ".facade",
+    "ParallelExecutor": ".executor",
+    "create_executor": ".executor",
+    "SerialExecutor": ".strategies.serial",
+    "ThreadExecutor": ".strategies.threads",
+    "ProcessExecutor": ".strategies.processes",
+    "JoblibExecutor": ".strategies.joblib",
+    "DaskExecutor": ".strategies.dask",
+    "ParallelMetrics": ".metrics",
+    "CpuBudget": ".resources",
+    "cpu_budget": ".resources",
+    "register_fork_hook": ".forksafety",
+    "WorkloadProfile": ".selection",
+    "select_strategy": ".selection",
+    "in_worker": ".worker",
+}
+
+if TYPE_CHECKING:
+    from .executor import ParallelExecutor, create_executor
+    from .facade import ParallelDecision, ParallelFacade
+    from .forksafety import register_fork_hook
+    from .metrics import ParallelMetrics
+    from .resources import CpuBudget, cpu_budget
+    from .selection import WorkloadProfile, select_strategy
+    from .strategies.dask import DaskExecutor
+    from .strategies.joblib import JoblibExecutor
+    from .strategies.processes import ProcessExecutor
+    from .strategies.serial import SerialExecutor
+    from .strategies.threads import ThreadExecutor
+    from .worker import in_worker
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ce_parallel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "CpuBudget",
+    "DaskExecutor",
+    "JoblibExecutor",
+    "MapCancelledError",
+    "ParallelConfig",
+    "ParallelDecision",
+    "ParallelExecutionError",
+    "ParallelExecutor",
+    "ParallelFacade",
+    "ParallelMetrics",
+    "ProcessExecutor",
+    "SerialExecutor",
+    "SerializationError",
+    "ThreadExecutor",
+    "WorkerCrashedError",
+    "WorkloadProfile",
+    "__version__",
+    "cpu_budget",
+    "create_executor",
+    "in_worker",
+    "register_fork_hook",
+    "select_strategy",
+]

@@ -1,0 +1,59 @@
+"""Exception types raised by ce-parallel.
+
+User exceptions raised by the mapped function are never wrapped: they reach the caller with
+their own type. The classes here describe configuration mistakes and failures of the parallel
+machinery itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import CancelledError
+
+
+class ConfigurationError(ValueError):
+    """A setting has a value that is not accepted.
+
+    The message names the setting, the value given and what is accepted.
+    """
+
+
+class ParallelExecutionError(RuntimeError):
+    """The parallel machinery failed (not the user's function).
+
+    ``incomplete`` holds the indices of the items whose results were not produced.
+    """
+
+    def __init__(self, message: str, *, incomplete: Sequence[int] = ()) -> None:
+        self.incomplete = tuple(incomplete)
+        if self.incomplete:
+            shown = ", ".join(str(i) for i in self.incomplete[:20])
+            more = "" if len(self.incomplete) <= 20 else f", ... ({len(self.incomplete)} in all)"
+            message = f"{message} (items not completed: {shown}{more})"
+        super().__init__(message)
+
+
+class WorkerCrashedError(ParallelExecutionError):
+    """A worker process died (killed, segfault, ``os._exit``, out of memory)."""
+
+
+class SerializationError(ParallelExecutionError):
+    """The function, an item or a result could not be pickled to cross a process boundary."""
+
+
+class BackendUnavailableError(ParallelExecutionError):
+    """An optional backend (joblib, dask, ...) is missing or its pool could not start."""
+
+
+class MapCancelledError(CancelledError):
+    """A running ``map`` was stopped by ``executor.cancel()``."""
+
+
+__all__ = [
+    "BackendUnavailableError",
+    "ConfigurationError",
+    "MapCancelledError",
+    "ParallelExecutionError",
+    "SerializationError",
+    "WorkerCrashedError",
+]
