@@ -52,7 +52,9 @@ ACCEPTED_TOKENS_TEXT = (
 
 
 def _bad(field: str, value: Any, accepted: str) -> ConfigurationError:
-    return ConfigurationError(f"ParallelConfig.{field}={value!r} is not accepted; expected {accepted}")
+    return ConfigurationError(
+        f"ParallelConfig.{field}={value!r} is not accepted; expected {accepted}"
+    )
 
 
 def _check_int(field: str, value: Any, minimum: int, *, optional: bool) -> None:
@@ -234,7 +236,8 @@ def _parse_keyed(token: str, key: str, value: str) -> dict[str, Any]:
 
 def _env_error(token: str, why: str) -> ConfigurationError:
     return ConfigurationError(
-        f"{ENV_MAIN} token {token!r} is not accepted ({why}); accepted tokens: {ACCEPTED_TOKENS_TEXT}"
+        f"{ENV_MAIN} token {token!r} is not accepted ({why}); "
+        f"accepted tokens: {ACCEPTED_TOKENS_TEXT}"
     )
 
 

@@ -43,7 +43,9 @@ class ParallelMetrics:
     def snapshot(self) -> dict[str, Any]:
         """A plain dict of every counter and ``worker_utilisation_pct``."""
         with self._lock:
-            data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+            data = {
+                f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")
+            }
             data["worker_utilisation_pct"] = round(self.worker_utilisation_pct, 2)
         return data
 

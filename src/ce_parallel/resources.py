@@ -40,3 +40,59 @@ def cpu_budget(
         if max_workers <= count:
             count, limited_by = max_workers, "max_workers"
     return CpuBudget(max(1, count), limited_by, sources)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """A snapshot of what the machine offers this process, for decisions and selection."""
+
+    budget: CpuBudget
+    ci: bool = False
+    ci_provider: str | None = None
+    platform: str = "linux"
+    start_method: str = "fork"
+    spawn_cost_s: float = 0.02
+    physical_cores: int | None = None
+
+
+def detect_resources(
+    environ: Mapping[str, str] | None = None,
+    sysfs_root: str = "/",
+    *,
+    max_workers: int | None = None,
+) -> Resources:
+    """Read the CPU budget, CI detection and platform facts once."""
+    import multiprocessing
+    import sys
+
+    env = os.environ if environ is None else environ
+    ci = any(env.get(k) for k in ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE"))
+    return Resources(
+        budget=cpu_budget(env, sysfs_root, max_workers=max_workers),
+        ci=ci,
+        ci_provider="generic" if ci else None,
+        platform=sys.platform,
+        start_method=multiprocessing.get_start_method(allow_none=True) or "fork",
+    )
+
+
+#: Environment variables that size the thread pools of numeric libraries (OpenMP, OpenBLAS,
+#: MKL, BLIS, Accelerate, numexpr). Set in a process worker before those libraries load.
+NUMERIC_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def threads_per_worker(budget_count: int, workers: int) -> int:
+    """Numeric-library threads per process worker, so workers x threads fits the budget."""
+    return max(1, budget_count // max(1, workers))
+
+
+def numeric_thread_env(threads: int) -> dict[str, str]:
+    """The environment that caps numeric libraries at ``threads`` threads."""
+    return {name: str(threads) for name in NUMERIC_THREAD_VARIABLES}

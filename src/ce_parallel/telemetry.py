@@ -79,13 +79,19 @@ def emit(
         try:
             callback(event, record)
         except Exception:
-            _warn_once("callback", id(callback), "ce-parallel telemetry callback %r failed; "
-                       "it is skipped for this record", callback)
+            _warn_once(
+                "callback",
+                id(callback),
+                "ce-parallel telemetry callback %r failed; it is skipped for this record",
+                callback,
+            )
     if path:
         try:
             append_jsonl(path, {"event": event, "time": time.time(), **record})
         except Exception:
-            _warn_once("path", hash(path), "ce-parallel telemetry file %r could not be written", path)
+            _warn_once(
+                "path", hash(path), "ce-parallel telemetry file %r could not be written", path
+            )
 
 
 __all__ = ["EVENTS", "TelemetryCallback", "append_jsonl", "emit", "json_safe", "logger"]
