@@ -10,13 +10,20 @@ This module imports nothing else from ce-parallel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: O_APPEND single writes only
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger("ce_parallel.telemetry")
 
@@ -40,7 +47,11 @@ def _warn_once(kind: str, key: int, message: str, *args: Any) -> None:
 
 
 def json_safe(value: Any) -> Any:
-    """Return ``value`` as something ``json.dumps`` accepts (unknown objects become ``repr``)."""
+    """Return ``value`` as strict JSON data: unknown objects become ``repr``, and ``nan`` and
+    the infinities become strings (``json.dumps`` would write tokens that JSON does not have).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict):
@@ -53,15 +64,81 @@ def json_safe(value: Any) -> Any:
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
     """Append one JSON object as one line; safe when several processes append to ``path``.
 
-    The line is written with a single ``os.write`` on a descriptor opened with ``O_APPEND``,
-    which POSIX makes atomic with respect to other appenders for regular files.
+    The line is written through a descriptor opened with ``O_APPEND`` (each write lands at the
+    current end of the file) while holding an exclusive ``flock`` where the platform has one, so
+    lines of concurrent writers never interleave, even when a write is split in pieces.
     """
     line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        if fcntl is not None:
+            # some network file systems refuse locks; O_APPEND alone still keeps each
+            # single-write line whole on a local disk, so write rather than lose the record
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(line)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
     finally:
+        # closing the descriptor releases the lock
         os.close(fd)
+
+
+def run_record(
+    *,
+    strategy: str,
+    items: int,
+    chunks: int,
+    workers: int,
+    wall_time: float,
+    busy_time: float,
+    fallbacks: int = 0,
+    error: BaseException | None = None,
+) -> dict[str, Any]:
+    """The payload of a ``run`` record: one parallel map, finished or failed.
+
+    ``utilisation_pct`` is busy time / (workers x wall time), capped at 100; ``error`` is the
+    class name of the exception that ended the map, or None.
+    """
+    capacity = workers * wall_time
+    utilisation = 0.0 if capacity <= 0 else min(100.0, 100.0 * busy_time / capacity)
+    return {
+        "strategy": strategy,
+        "items": items,
+        "chunks": chunks,
+        "workers": workers,
+        "wall_time": wall_time,
+        "busy_time": busy_time,
+        "utilisation_pct": round(utilisation, 2),
+        "fallbacks": fallbacks,
+        "error": None if error is None else type(error).__name__,
+    }
+
+
+def fallback_record(
+    *,
+    strategy: str,
+    cause: BaseException | str,
+    action: str,
+    incomplete: int,
+) -> dict[str, Any]:
+    """The payload of a ``fallback`` record: the machinery failed while running ``strategy``.
+
+    ``action`` says what happened next (``"serial"``: the ``incomplete`` items were re-run
+    serially; ``"raise"``: the failure was raised to the caller).
+    """
+    if isinstance(cause, BaseException):
+        cause_class, message = type(cause).__name__, str(cause)
+    else:
+        cause_class, message = None, cause
+    return {
+        "strategy": strategy,
+        "cause": message,
+        "cause_class": cause_class,
+        "action": action,
+        "incomplete": incomplete,
+    }
 
 
 def emit(
@@ -77,7 +154,8 @@ def emit(
         logger.debug("%s %s", event, json.dumps(record, sort_keys=True))
     if callback is not None:
         try:
-            callback(event, record)
+            # a copy, so that a callback that edits its record cannot change the file sink's
+            callback(event, dict(record))
         except Exception:
             _warn_once(
                 "callback",
@@ -94,4 +172,13 @@ def emit(
             )
 
 
-__all__ = ["EVENTS", "TelemetryCallback", "append_jsonl", "emit", "json_safe", "logger"]
+__all__ = [
+    "EVENTS",
+    "TelemetryCallback",
+    "append_jsonl",
+    "emit",
+    "fallback_record",
+    "json_safe",
+    "logger",
+    "run_record",
+]
