@@ -1,0 +1,55 @@
+"""``ProcessExecutor``: a private loky process pool, reused across maps.
+
+loky starts workers with fork+exec (never a bare ``fork`` of a parent that may hold threads),
+pickles functions with cloudpickle (so lambdas and closures work) and reports dead workers as
+broken futures, which ``ParallelExecutor`` turns into a recorded fallback. Each worker caps
+numeric libraries at ``budget // workers`` threads, so workers x BLAS threads fit the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+from ..executor import ParallelExecutor
+from ..resources import numeric_thread_env, threads_per_worker
+from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk
+
+
+class ProcessExecutor(ParallelExecutor):
+    """Runs chunks in worker processes (loky), for GIL-bound Python work."""
+
+    name = "processes"
+    crosses_processes = True
+    _pool: Any = None
+
+    def _start_pool(self) -> None:
+        with self._pool_lock:
+            if self._pool is None:
+                from loky import ProcessPoolExecutor
+
+                env = numeric_thread_env(threads_per_worker(self.budget.count, self.workers))
+                env[IN_WORKER_ENV] = "1"
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, env=env)
+
+    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+        pool = self._pool
+        assert pool is not None
+        return [pool.submit(run_chunk, job) for job in jobs]
+
+    def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
+        if kill:
+            # Busy workers cannot be interrupted politely; the next map starts a fresh pool.
+            # Futures are left to the killed pool: loky fails them itself, and cancelling them
+            # first makes its manager thread trip over their state.
+            self._release_pool(kill=True)
+        else:
+            for fut in pending:
+                fut.cancel()
+
+    def _release_pool(self, kill: bool) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, kill_workers=kill)

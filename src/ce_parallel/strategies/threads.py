@@ -1,0 +1,37 @@
+"""``ThreadExecutor``: a reused ``concurrent.futures.ThreadPoolExecutor``.
+
+Threads win when the work releases the GIL (NumPy, I/O) or carries large arguments that a
+process pool would have to pickle. A running thread cannot be killed: after a timeout or cancel
+its current chunk finishes in the background and its result is discarded.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from ..executor import ParallelExecutor
+from ..worker import ChunkJob, ChunkOutcome, run_chunk
+
+
+class ThreadExecutor(ParallelExecutor):
+    """Runs chunks on a pool of threads in this process."""
+
+    name = "threads"
+    _pool: ThreadPoolExecutor | None = None
+
+    def _start_pool(self) -> None:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.workers, thread_name_prefix="ce-parallel-thread"
+                )
+
+    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+        assert self._pool is not None
+        return [self._pool.submit(run_chunk, job) for job in jobs]
+
+    def _release_pool(self, kill: bool) -> None:
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

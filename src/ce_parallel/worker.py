@@ -1,0 +1,182 @@
+"""What runs inside a worker: one chunk of items, the once-per-worker setup, the nested guard.
+
+Everything here must be importable and picklable by reference in a fresh interpreter, because
+process workers receive ``run_chunk`` and ``ChunkJob`` objects by pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import length_hint
+from typing import Any
+
+#: Set in the environment of process workers we start, so that anything they launch in turn
+#: also knows it is inside a ce-parallel worker.
+IN_WORKER_ENV = "CE_PARALLEL_IN_WORKER"
+
+_local = threading.local()
+_process_worker = False
+_done_setups: set[str] = set()
+_setup_lock = threading.Lock()
+_blas_limits: list[Any] = []
+
+
+def in_worker() -> bool:
+    """True inside a worker thread or process of ours (a map there runs serially)."""
+    return (
+        getattr(_local, "depth", 0) > 0 or _process_worker or os.environ.get(IN_WORKER_ENV) == "1"
+    )
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Once-per-worker preparation, identified by ``token`` (one per executor pool).
+
+    ``per_thread`` runs it once in each thread (thread workers); otherwise once per process.
+    """
+
+    token: str
+    per_thread: bool
+    blas_threads: int | None = None
+    initializer: Callable[..., Any] | None = None
+    init_args: tuple[Any, ...] = ()
+
+
+@dataclass
+class ChunkJob:
+    """A contiguous slice of the input: items ``start .. start + len(items) - 1``."""
+
+    fn: Callable[..., Any]
+    start: int
+    items: Sequence[Any]
+    seeds: Sequence[Any] | None = None
+    setup: WorkerSetup | None = None
+    check_pickle: bool = False
+    mark_worker: bool = True
+
+
+@dataclass
+class ChunkOutcome:
+    """What a chunk produced: all its results, or the first user error and its item index.
+
+    ``error_index`` is None with an error when the worker initializer failed.
+    """
+
+    start: int
+    results: list[Any] | None
+    busy_seconds: float
+    error: BaseException | None = None
+    error_index: int | None = None
+    remote_traceback: str | None = None
+    pid: int = 0
+
+
+class RemoteError(Exception):
+    """Stands in for a user exception that could not be pickled back from a process worker."""
+
+
+def _ensure_setup(setup: WorkerSetup) -> None:
+    global _process_worker
+    if setup.per_thread:
+        done: set[str] = getattr(_local, "setups", None) or set()
+        _local.setups = done
+        if setup.token in done:
+            return
+        done.add(setup.token)
+    else:
+        with _setup_lock:
+            if setup.token in _done_setups:
+                return
+            _done_setups.add(setup.token)
+        _process_worker = True
+        if setup.blas_threads is not None:
+            _limit_numeric_threads(setup.blas_threads)
+        from .forksafety import run_fork_hooks
+
+        run_fork_hooks()
+    if setup.initializer is not None:
+        setup.initializer(*setup.init_args)
+
+
+def _limit_numeric_threads(threads: int) -> None:
+    # The environment caps libraries loaded after this point; threadpoolctl caps those that the
+    # worker already loaded (for example numpy imported while unpickling the first job).
+    from .resources import numeric_thread_env
+
+    os.environ.update(numeric_thread_env(threads))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return
+    _blas_limits.append(threadpool_limits(limits=threads))
+
+
+def _portable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return exc
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def call_with_rng(fn: Callable[..., Any], item: Any, seed: Any) -> Any:
+    """Call ``fn(item, rng=...)`` with a generator built from one spawned ``SeedSequence``."""
+    import numpy as np
+
+    return fn(item, rng=np.random.default_rng(seed))
+
+
+def run_items(
+    fn: Callable[..., Any], items: Sequence[Any], seeds: Sequence[Any] | None
+) -> tuple[list[Any], int | None, BaseException | None]:
+    """Run ``fn`` over ``items`` in order; stop at the first exception.
+
+    Returns ``(results, None, None)`` or ``(partial, offset_of_failing_item, exception)``. The
+    loop is ``list(map(...))`` so that a trivial function costs what the plain loop costs; the
+    failing item's offset is read back from the iterator's remaining length.
+    """
+    it = iter(items)
+    try:
+        if seeds is None:
+            return list(map(fn, it)), None, None
+        return [call_with_rng(fn, item, seed) for item, seed in zip(it, seeds)], None, None
+    except Exception as exc:
+        return [], len(items) - length_hint(it) - 1, exc
+
+
+def run_chunk(job: ChunkJob) -> ChunkOutcome:
+    """Run one chunk in a worker. User exceptions come back as data, never as a raise."""
+    started = time.perf_counter()
+    depth = getattr(_local, "depth", 0)
+    if job.mark_worker:
+        _local.depth = depth + 1
+    try:
+        if job.setup is not None:
+            try:
+                _ensure_setup(job.setup)
+            except Exception as exc:
+                error = _portable(exc) if job.check_pickle else exc
+                return ChunkOutcome(job.start, None, 0.0, error, None, _format(exc), os.getpid())
+        results, offset, exc = run_items(job.fn, job.items, job.seeds)
+    finally:
+        _local.depth = depth
+    busy = time.perf_counter() - started
+    if exc is None:
+        return ChunkOutcome(job.start, results, busy, pid=os.getpid())
+    assert offset is not None
+    remote_tb = _format(exc) if job.check_pickle else None
+    error = _portable(exc) if job.check_pickle else exc
+    return ChunkOutcome(job.start, None, busy, error, job.start + offset, remote_tb, os.getpid())
+
+
+__all__ = ["ChunkJob", "ChunkOutcome", "RemoteError", "WorkerSetup", "in_worker", "run_chunk"]
