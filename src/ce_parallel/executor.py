@@ -17,6 +17,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from itertools import repeat
 from operator import length_hint
 from typing import Any, ClassVar
 
@@ -63,7 +64,7 @@ def _check_timeout(value: Any) -> None:
 def annotate_item_error(
     exc: BaseException, index: int, strategy: str, remote_tb: str | None
 ) -> None:
-    """Attach the failing item's index to a user exception (a note on 3.11+, the message on 3.10)."""
+    """Attach the failing item's index to a user exception (3.11+: a note; 3.10: the message)."""
     exc.ce_parallel_item_index = index  # type: ignore[attr-defined]
     where = f"ce-parallel: raised by item {index} (strategy {strategy!r})"
     if hasattr(exc, "add_note"):
@@ -472,7 +473,7 @@ class ParallelExecutor(ABC):
                 if seeds is None:
                     out.extend(map(fn, it))
                 else:
-                    out.extend(map(call_with_rng, [fn] * len(part), it, seeds[pos : pos + block]))
+                    out.extend(map(call_with_rng, repeat(fn), it, seeds[pos : pos + block]))
             except Exception as exc:
                 self.metrics.add(failures=1)
                 index = offset + pos + len(part) - length_hint(it) - 1

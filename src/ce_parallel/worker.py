@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import length_hint
 from typing import Any
 
@@ -149,7 +150,7 @@ def run_items(
     try:
         if seeds is None:
             return list(map(fn, it)), None, None
-        return [call_with_rng(fn, item, seed) for item, seed in zip(it, seeds)], None, None
+        return list(map(call_with_rng, repeat(fn), it, seeds)), None, None
     except Exception as exc:
         return [], len(items) - length_hint(it) - 1, exc
 
