@@ -1,0 +1,202 @@
+"""The ablation harness runs end to end and writes the documented JSON schema.
+
+Speed is never checked here: the numbers of a seconds-long run mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from ce_parallel.bench import ablation
+from ce_parallel.bench.workloads import WORKLOADS, Case, Workload, get_workload
+
+SMOKE_WORKLOADS = "tiny,sleep,cpu_coarse"
+SMOKE_RUNNERS = "ce:sequential,ce:threads,ce:auto,facade:serial,cf:threads,ce:threads:cold"
+STAT_KEYS = {"repeats", "times_s", "min_s", "median_s", "max_s", "correct", "error"}
+RATIO_KEYS = {"speedup_vs_serial", "ratio_vs_best_baseline"}
+
+
+@pytest.fixture(scope="module")
+def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    markdown = out.with_suffix(".md")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ce_parallel.bench.ablation",
+            "--tiny",
+            "--workloads",
+            SMOKE_WORKLOADS,
+            "--runners",
+            SMOKE_RUNNERS,
+            "--out",
+            str(out),
+            "--markdown",
+            str(markdown),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "| workload |" in completed.stdout
+    assert markdown.read_text(encoding="utf-8") in completed.stdout
+    assert "[1/3] tiny" in completed.stderr  # progress goes to stderr
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_document_names_the_machine(document: dict[str, Any]) -> None:
+    machine = document["machine"]
+    assert isinstance(machine["cpu_budget"], int) and machine["cpu_budget"] >= 1
+    assert isinstance(machine["cpu_budget_source"], str)
+    assert machine["python"].count(".") == 2
+    for library in ("ce_parallel", "joblib", "loky"):
+        assert machine["versions"][library]
+    assert machine["blas"]["requested_threads"] == 1
+    assert document["mode"] == "tiny" and document["repeats"] == ablation.REPEATS["tiny"]
+
+
+def test_every_runner_and_workload_has_statistics(document: dict[str, Any]) -> None:
+    expected_runners = {"serial", *SMOKE_RUNNERS.split(",")}
+    assert set(document["runners"]) == expected_runners
+    assert set(document["results"]) == set(SMOKE_WORKLOADS.split(","))
+    for workload, result in document["results"].items():
+        runners = result["runners"]
+        # cold runners are measured on the tiny workload only in tiny mode
+        cold = {"ce:threads:cold"} if workload != "tiny" else set()
+        assert set(runners) == expected_runners - cold
+        for name, stats in runners.items():
+            assert set(stats) >= STAT_KEYS | RATIO_KEYS, (workload, name)
+            if stats["error"] is None:
+                assert stats["repeats"] == document["repeats"]
+                assert stats["min_s"] <= stats["median_s"] <= stats["max_s"]
+                assert stats["correct"] is True, (workload, name)
+                assert stats["speedup_vs_serial"] > 0
+            else:
+                assert isinstance(stats["error"], str)
+        assert result["best_baseline"] == "cf:threads"
+        assert runners["cf:threads"]["ratio_vs_best_baseline"] == pytest.approx(1.0)
+
+
+def test_auto_choice_and_regret_are_reported(document: dict[str, Any]) -> None:
+    for result in document["results"].values():
+        auto = result["auto"]
+        assert set(auto) == {"chose", "median_s", "regret", "error"}
+        assert result["best_fixed_strategy"] in ("sequential", "threads")
+        if auto["error"] is None:
+            assert auto["regret"] > 0
+            assert auto["chose"], "auto ran but its choice was not recorded"
+
+
+def test_targets_are_reported_not_asserted(document: dict[str, Any]) -> None:
+    targets = document["targets"]
+    assert {"coarse_processes_speedup", "facade_serial_overhead_tiny", "auto_regret"} <= set(
+        targets
+    )
+    for target in targets.values():
+        assert {"description", "value", "target", "met"} <= set(target)
+    # ce:processes was not run, so its target is reported as unmeasured rather than invented
+    assert targets["coarse_processes_speedup"]["met"] is None
+
+
+def _raising(x: int) -> int:
+    raise RuntimeError("machinery missing")
+
+
+def _wrong(state: Any, fn: Any, items: list[Any]) -> list[Any]:
+    return [fn(x) + 1 for x in items]
+
+
+def _broken(state: Any, fn: Any, items: list[Any]) -> list[Any]:
+    raise ImportError("No module named 'ce_parallel.strategies.missing'")
+
+
+def _unstartable() -> Any:
+    raise ModuleNotFoundError("no facade yet")
+
+
+def test_wrong_answers_and_errors_are_recorded_not_raised() -> None:
+    runners = [
+        ablation.Runner("serial", "serial", ablation._serial_run),
+        ablation.Runner("wrong", "ce", _wrong),
+        ablation.Runner("broken", "ce", _broken),
+        ablation.Runner("unstartable", "ce", ablation._serial_run, _unstartable),
+    ]
+    tiny = Workload(
+        "t", "three squares", lambda: Case(lambda x: x * x, [1, 2, 3], "3"), {"tiny": {}}
+    )
+    cells, facts = ablation.measure([tiny], runners, mode="tiny", repeats=2, cold_workloads=None)
+    row = cells["t"]
+    assert row["serial"].correct and len(row["serial"].times) == 2
+    assert row["wrong"].correct is False and len(row["wrong"].times) == 2
+    assert row["broken"].error.startswith("ImportError") and row["broken"].times == []
+    assert row["unstartable"].error == "ModuleNotFoundError: no facade yet"
+    assert facts["t"]["items"] == 3
+
+
+def test_a_workload_with_missing_packages_is_skipped_with_a_reason() -> None:
+    absent = Workload(
+        "absent",
+        "needs a package",
+        lambda: Case(_raising, [1], "1"),
+        {"tiny": {}},
+        ("ce_parallel_no_such_package",),
+    )
+    cells, facts = ablation.measure(
+        [absent],
+        [ablation.Runner("serial", "serial", ablation._serial_run)],
+        mode="tiny",
+        repeats=1,
+        cold_workloads=None,
+    )
+    assert cells == {}
+    assert "ce_parallel_no_such_package not installed" in facts["absent"]["skipped"]
+
+
+@pytest.mark.parametrize(
+    ("expected", "got", "equal"),
+    [
+        ([1, 2, 3], [1, 2, 3], True),
+        ([1, 2, 3], [1, 3, 2], False),
+        ([1, 2], [1, 2, 3], False),
+        ([0.1 + 0.2], [0.3], True),
+        ([1.0], [1.001], False),
+        ("a", "a", True),
+    ],
+)
+def test_results_equal_is_exact_for_ints_and_close_for_floats(
+    expected: Any, got: Any, equal: bool
+) -> None:
+    assert ablation.results_equal(expected, got) is equal
+
+
+def test_results_equal_compares_arrays_by_shape_and_value() -> None:
+    np = pytest.importorskip("numpy")
+    a = np.linspace(0, 1, 5)
+    assert ablation.results_equal([a], [a.copy()])
+    assert not ablation.results_equal([a], [a[:4]])
+    assert not ablation.results_equal([a], [a + 1e-3])
+
+
+def test_every_workload_is_deterministic_in_tiny_mode() -> None:
+    for workload in WORKLOADS:
+        if workload.missing():
+            continue
+        first, second = workload.case("tiny"), workload.case("tiny")
+        assert ablation.results_equal(
+            [first.fn(x) for x in first.items], [second.fn(x) for x in second.items]
+        ), workload.name
+
+
+def test_unknown_names_are_refused_with_the_accepted_list() -> None:
+    with pytest.raises(ValueError, match="expected one of tiny"):
+        get_workload("nope")
+    with pytest.raises(SystemExit, match="--runners bogus is not accepted"):
+        ablation.main(["--tiny", "--runners", "bogus"])
