@@ -35,14 +35,21 @@ EVENTS = ("decision", "run", "fallback", "nested", "fork_hooks")
 TelemetryCallback = Callable[[str, dict[str, Any]], Any]
 
 _warned_lock = threading.Lock()
-_warned: set[tuple[str, int]] = set()
+_warned: set[tuple[str, Any]] = set()
+# Failed callbacks are kept alive: their warning is keyed by id(), which must not be reused by a
+# later, different callback (that one would then fail silently).
+_failed_callbacks: list[Any] = []
 
 
-def _warn_once(kind: str, key: int, message: str, *args: Any) -> None:
+def _warn_once(kind: str, sink: Any, message: str, *args: Any) -> None:
+    """Log ``message`` the first time ``sink`` (a callback, or a path string) fails."""
+    key = (kind, sink if isinstance(sink, str) else id(sink))
     with _warned_lock:
-        if (kind, key) in _warned:
+        if key in _warned:
             return
-        _warned.add((kind, key))
+        _warned.add(key)
+        if not isinstance(sink, str):
+            _failed_callbacks.append(sink)
     logger.warning(message, *args, exc_info=True)
 
 
@@ -159,7 +166,7 @@ def emit(
         except Exception:
             _warn_once(
                 "callback",
-                id(callback),
+                callback,
                 "ce-parallel telemetry callback %r failed; it is skipped for this record",
                 callback,
             )
@@ -167,9 +174,7 @@ def emit(
         try:
             append_jsonl(path, {"event": event, "time": time.time(), **record})
         except Exception:
-            _warn_once(
-                "path", hash(path), "ce-parallel telemetry file %r could not be written", path
-            )
+            _warn_once("path", path, "ce-parallel telemetry file %r could not be written", path)
 
 
 __all__ = [
