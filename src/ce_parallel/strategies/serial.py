@@ -17,6 +17,7 @@ class SerialExecutor(ParallelExecutor):
     """Runs every item in the calling thread, in order; the reference every strategy matches."""
 
     name = "sequential"
+    _initialized = False
 
     def _effective_workers(self, budget: CpuBudget) -> int:
         return 1
@@ -32,6 +33,10 @@ class SerialExecutor(ParallelExecutor):
         limit: float | None,
     ) -> list[Any]:
         self.metrics.add(tasks_submitted=len(work), maps=1)
+        if not self._initialized and self.config.worker_initializer is not None:
+            # the calling thread is this strategy's one worker
+            self.config.worker_initializer(*(self.config.worker_init_args or ()))
+        self._initialized = True
         started = time.perf_counter()
         try:
             results = self._run_serially(fn, work, seeds, deadline, bar)

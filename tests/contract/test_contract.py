@@ -1,0 +1,220 @@
+"""Every strategy keeps the contract: the serial loop's results, in order, each item once."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from workfns import (
+    add_one,
+    boom_at,
+    initialized_marker,
+    item_size,
+    log_item,
+    make_config,
+    mark_initialized,
+    rng_draw,
+    sleep_then_return,
+    square,
+)
+
+from ce_parallel import ConfigurationError, ParallelExecutor, create_executor
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(items=st.lists(st.integers(min_value=-(10**12), max_value=10**12), max_size=200))
+def test_results_equal_the_serial_loop(executor: ParallelExecutor, items: list[int]) -> None:
+    assert executor.map(square, items) == [square(x) for x in items]
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    items=st.lists(st.text(max_size=5) | st.floats(allow_nan=False) | st.none(), max_size=60),
+    chunksize=st.none() | st.integers(min_value=1, max_value=7),
+)
+def test_any_chunk_size_keeps_values_and_order(
+    executor: ParallelExecutor, items: list[object], chunksize: int | None
+) -> None:
+    assert executor.map(repr, items, chunksize=chunksize) == [repr(x) for x in items]
+
+
+def test_order_is_kept_when_durations_vary(executor: ParallelExecutor) -> None:
+    rng = random.Random(7)
+    items = [(i, rng.uniform(0.0, 0.01)) for i in range(40)]
+    assert executor.map(sleep_then_return, items, chunksize=1) == list(range(40))
+
+
+def test_lambdas_and_closures_run(executor: ParallelExecutor) -> None:
+    offset = 10
+    assert executor.map(lambda x: x + offset, range(20)) == [x + offset for x in range(20)]
+
+    def scale(x: int) -> int:
+        return x * offset
+
+    assert executor.map(scale, range(20)) == [x * offset for x in range(20)]
+
+
+def test_generators_are_accepted(executor: ParallelExecutor) -> None:
+    assert executor.map(add_one, (x for x in range(33))) == list(range(1, 34))
+
+
+def test_empty_input_gives_an_empty_list(executor: ParallelExecutor) -> None:
+    assert executor.map(add_one, []) == []
+    assert executor.map(add_one, iter(())) == []
+
+
+def test_items_of_ten_megabytes(executor: ParallelExecutor) -> None:
+    items = [bytes([i]) * (10 * 1024 * 1024) for i in range(4)]
+    assert executor.map(item_size, items) == [(10 * 1024 * 1024, i) for i in range(4)]
+
+
+def test_one_executor_serves_fifty_maps(executor: ParallelExecutor) -> None:
+    for round_ in range(50):
+        items = list(range(round_, round_ + 20))
+        assert executor.map(square, items) == [x * x for x in items]
+    snap = executor.metrics.snapshot()
+    assert snap["tasks_submitted"] == 50 * 20
+    assert snap["tasks_completed"] == 50 * 20
+
+
+def test_user_exception_keeps_its_type_and_names_the_item(executor: ParallelExecutor) -> None:
+    with pytest.raises(KeyError) as info:
+        executor.map(boom_at, [(i, 13) for i in range(30)], chunksize=4)
+    assert info.value.ce_parallel_item_index == 13  # type: ignore[attr-defined]
+    assert any("item 13" in note for note in getattr(info.value, "__notes__", [str(info.value)]))
+    # the executor stays usable after a user error
+    assert executor.map(add_one, range(5)) == [1, 2, 3, 4, 5]
+
+
+def test_the_first_failing_item_is_reported(executor: ParallelExecutor) -> None:
+    with pytest.raises(KeyError) as info:
+        executor.map(boom_at, [(i, i if i in (3, 17) else -1) for i in range(20)], chunksize=20)
+    assert info.value.ce_parallel_item_index == 3  # type: ignore[attr-defined]
+
+
+def test_user_errors_are_never_rerun(executor: ParallelExecutor, tmp_path: Path) -> None:
+    log = tmp_path / "calls.log"
+    items = [(str(log), i, 11) for i in range(24)]
+    with pytest.raises(ValueError):
+        executor.map(log_item, items, chunksize=3)
+    calls = [int(line) for line in log.read_text().split()]
+    assert len(calls) == len(set(calls)), f"an item ran twice: {sorted(calls)}"
+    assert 11 in calls
+    assert executor.metrics.snapshot()["fallbacks"] == 0
+
+
+def test_each_item_runs_exactly_once(executor: ParallelExecutor, tmp_path: Path) -> None:
+    log = tmp_path / "calls.log"
+    items = [(str(log), i, -1) for i in range(50)]
+    assert executor.map(log_item, items) == list(range(50))
+    assert sorted(int(line) for line in log.read_text().split()) == list(range(50))
+
+
+def test_timeout_raises_builtin_timeout_error(executor: ParallelExecutor) -> None:
+    if executor.name == "sequential":
+        items = [(i, 0.05) for i in range(40)]
+    else:
+        items = [(i, 0.5) for i in range(8)]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        executor.map(sleep_then_return, items, timeout=0.2, chunksize=1)
+    assert time.monotonic() - started < 2.0
+    assert executor.map(add_one, range(4)) == [1, 2, 3, 4]
+
+
+def test_seeded_maps_agree_across_strategies(executor: ParallelExecutor) -> None:
+    pytest.importorskip("numpy")
+    expected = create_executor(make_config("sequential")).map(rng_draw, range(30), seed=42)
+    assert executor.map(rng_draw, range(30), seed=42) == expected
+    assert executor.map(rng_draw, range(30), seed=43) != expected
+
+
+def test_worker_initializer_runs_once_per_worker(strategy: str, tmp_path: Path) -> None:
+    log = tmp_path / "init.log"
+    config = make_config(
+        strategy, worker_initializer=mark_initialized, worker_init_args=(str(log),)
+    )
+    with create_executor(config) as ex:
+        first = ex.map(initialized_marker, range(40), chunksize=2)
+        second = ex.map(initialized_marker, range(40), chunksize=2)
+    inits = log.read_text().split()
+    assert all(marker is not None for marker in first + second)
+    assert len(inits) == len(set(inits)), "an initializer ran twice in one worker"
+    assert set(first + second) <= set(inits)
+    assert 1 <= len(inits) <= max(1, ex.workers)
+
+
+def test_bad_arguments_are_rejected_clearly(executor: ParallelExecutor) -> None:
+    with pytest.raises(TypeError, match="callable"):
+        executor.map(42, [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="chunksize"):
+        executor.map(add_one, [1, 2], chunksize=0)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        executor.map(add_one, [1, 2], timeout=-1)
+
+
+def test_a_shut_down_executor_refuses_work(executor: ParallelExecutor) -> None:
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        executor.map(add_one, [1])
+
+
+def test_context_manager_releases_the_pool(strategy: str, no_leaks: None) -> None:
+    with create_executor(make_config(strategy)) as ex:
+        assert ex.map(add_one, range(10)) == list(range(1, 11))
+    assert ex.name == strategy or strategy == "auto"
+
+
+def test_metrics_snapshot_has_the_documented_keys(executor: ParallelExecutor) -> None:
+    executor.map(square, range(100))
+    snap = executor.metrics.snapshot()
+    for key in (
+        "tasks_submitted",
+        "tasks_completed",
+        "failures",
+        "fallbacks",
+        "total_duration",
+        "max_workers",
+        "worker_utilisation_pct",
+    ):
+        assert key in snap
+    assert snap["tasks_completed"] == 100
+    assert 0.0 <= snap["worker_utilisation_pct"] <= 100.0
+    executor.metrics.reset()
+    assert executor.metrics.snapshot()["tasks_completed"] == 0
+
+
+def test_cancel_from_another_thread_stops_the_map(executor: ParallelExecutor) -> None:
+    from ce_parallel import MapCancelledError
+
+    timer = threading.Timer(0.2, executor.cancel)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(MapCancelledError):
+            executor.map(sleep_then_return, [(i, 0.1) for i in range(60)], chunksize=1)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 3.0
+    assert executor.map(add_one, range(3)) == [1, 2, 3]
+
+
+def test_workers_never_exceed_the_cpu_budget(executor: ParallelExecutor) -> None:
+    assert 1 <= executor.workers <= executor.budget.count
+    assert executor.workers <= 2  # the suite caps max_workers at 2
+    if hasattr(os, "sched_getaffinity"):
+        assert executor.workers <= len(os.sched_getaffinity(0))

@@ -1,0 +1,65 @@
+"""Leak checks for processes, threads and file descriptors, shared by the test suites."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+import pytest
+
+#: loky and joblib each keep one resource-tracker helper per process for its lifetime; it is not
+#: a worker and is not ours to stop.
+HELPER_MARKERS = ("resource_tracker",)
+
+
+def worker_children() -> list[psutil.Process]:
+    """Child processes of this test process, other than long-lived resource trackers."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if not any(marker in cmdline for marker in HELPER_MARKERS):
+            out.append(child)
+    return out
+
+
+@dataclass
+class Snapshot:
+    children: int
+    threads: int
+    fds: int
+
+
+def snapshot() -> Snapshot:
+    return Snapshot(len(worker_children()), threading.active_count(), psutil.Process().num_fds())
+
+
+def assert_no_leaks(before: Snapshot, settle_s: float = 5.0) -> None:
+    """Wait up to ``settle_s`` for children, threads and fds to return to ``before``."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        now = snapshot()
+        ok = (
+            now.children <= before.children
+            and now.threads <= before.threads
+            and now.fds <= before.fds
+        )
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert now.children <= before.children, f"child processes left: {worker_children()}"
+    assert now.threads <= before.threads, f"threads left: {threading.enumerate()}"
+    assert now.fds <= before.fds, f"file descriptors left: {before.fds} -> {now.fds}"
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a worker process, a thread or a file descriptor behind."""
+    before = snapshot()
+    yield
+    assert_no_leaks(before)
