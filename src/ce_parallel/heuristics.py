@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .resources import POOL_START_SECONDS
+
 
 @dataclass(frozen=True)
 class Heuristic:
@@ -47,6 +49,34 @@ PROCESS_MAX_TASK_BYTES = 1024 * 1024
 #: The subset strategy the facade runs when ``processes``, ``dask`` or ``auto`` is requested
 #: without the full matrix.
 FULL_MATRIX_SUBSTITUTE = "joblib"
+
+# --- automatic selection (selection.py, strategies/auto.py) and resources ------------------
+#: A parallel strategy is chosen only when estimated at least this much faster than serial.
+AUTO_MIN_SPEEDUP = 1.2
+#: A cold pool is charged 1/this of its start cost: pools are reused across maps.
+AUTO_EXPECTED_MAPS_PER_POOL = 4
+#: The serial pilot runs the first items until this many seconds have passed ...
+PILOT_TARGET_S = 0.005
+#: ... or until this share of the items has run (at least one item).
+PILOT_MAX_FRACTION = 0.05
+#: The thread probe runs enough items for this many seconds per thread ...
+PROBE_TARGET_S = 0.004
+#: ... but at most this share of the items (at least one per thread).
+PROBE_MAX_FRACTION = 0.1
+#: Work releases the GIL when n threads run it 1 + this x (n - 1) times faster than one.
+GIL_RELEASE_MIN_SCALING = 0.5
+#: Below this much estimated serial work (seconds) auto stays serial without probing threads.
+AUTO_MIN_PARALLEL_WORK_S = 0.01
+#: Dispatch cost of one chunk on a warm thread pool, in seconds.
+THREAD_CHUNK_OVERHEAD_S = 15e-6
+#: Dispatch cost of one chunk on a warm loky process pool, in seconds.
+PROCESS_CHUNK_OVERHEAD_S = 250e-6
+#: Bytes per second a loky worker receives pickled arguments at.
+PROCESS_BYTES_PER_S = 400e6
+#: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
+JOBLIB_CALL_OVERHEAD_S = 0.01
+#: Whether process workers are sized by physical cores instead of logical CPUs.
+PHYSICAL_CORES_FOR_PROCESSES = False
 
 HEURISTICS: tuple[Heuristic, ...] = (
     Heuristic(
@@ -116,6 +146,109 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "numeric-library threads in its workers.",
         "ANCHORS.md: pure Python 200 x 5 ms joblib 1.87x vs process pool 1.8-2.0x; "
         "RandomForest perturbation joblib 1.73x vs process pool 1.5-1.75x; threads 0.6-1.07x",
+    ),
+    # automatic selection and resources
+    Heuristic(
+        "AUTO_MIN_SPEEDUP",
+        AUTO_MIN_SPEEDUP,
+        "Estimates from a few pilot items are off by 10-20% on a noisy machine; demanding 1.2x "
+        "keeps auto within 5% of serial when an estimate is that optimistic.",
+        "ANCHORS.md: differences under ~10% are ties; evaluation/parallel_ablation.py, auto "
+        "vs sequential on every workload",
+    ),
+    Heuristic(
+        "AUTO_EXPECTED_MAPS_PER_POOL",
+        AUTO_EXPECTED_MAPS_PER_POOL,
+        "An auto executor keeps its pools for later maps, so one map pays a share of a cold "
+        "start; while a process pool starts, auto runs items in the caller, so the first map "
+        "loses at most the start-up contention.",
+        "cpu_fine quick (40 x 5 ms): serial 0.2 s, warm processes ~0.1 s, loky start 0.2 s: "
+        "charging the full start keeps auto serial on every repeat (2x the best)",
+    ),
+    Heuristic(
+        "PILOT_TARGET_S",
+        PILOT_TARGET_S,
+        "5 ms of serial items gives a per-item time well above timer noise; its results are "
+        "kept, so the pilot costs at most 5 ms x (1 - 1/workers) of lost parallelism.",
+        "tiny (10,000 x x*x): the pilot stops at 5% of the items and the rest run as the plain "
+        "loop; cpu_coarse (100 ms items): the pilot is one item",
+    ),
+    Heuristic(
+        "PILOT_MAX_FRACTION",
+        PILOT_MAX_FRACTION,
+        "The pilot runs serially; capping it at 5% of the items bounds that serial share.",
+        "cpu_fine full (200 x 5 ms): the pilot runs 1-2 items, 1% of the work",
+    ),
+    Heuristic(
+        "PROBE_TARGET_S",
+        PROBE_TARGET_S,
+        "Thread start-up and scheduling jitter are ~0.1 ms; 4 ms per thread keeps the measured "
+        "thread speed-up within a few percent.",
+        "numpy (matmul, 1 BLAS thread) and sleep: probe speed-up 1.8-2.0; cpu_fine: 0.9-1.1",
+    ),
+    Heuristic(
+        "PROBE_MAX_FRACTION",
+        PROBE_MAX_FRACTION,
+        "Probe items of GIL-bound work run no faster than serial; the cap bounds that loss.",
+        "cpu_coarse quick (4 x 100 ms): the probe runs one item per thread",
+    ),
+    Heuristic(
+        "GIL_RELEASE_MIN_SCALING",
+        GIL_RELEASE_MIN_SCALING,
+        "Two threads of GIL-bound Python run ~1.0x faster than one, GIL-free NumPy or sleeps "
+        "~1.9x; the midpoint (1.5x on two threads) separates them with margin.",
+        "ANCHORS.md: threads 0.75-1.07x on pure Python, 1.77-1.88x on NumPy with 1 BLAS thread; "
+        "RandomForest predict_proba (threads 0.6x) counts as GIL-bound",
+    ),
+    Heuristic(
+        "AUTO_MIN_PARALLEL_WORK_S",
+        AUTO_MIN_PARALLEL_WORK_S,
+        "Starting probe threads and a pool costs ~0.2-1 ms on a busy machine; below 10 ms of "
+        "work that is more than the 5% auto may lose to serial, and the gain is a few ms.",
+        "ANCHORS.md tiny (10,000 x x*x, 1.1 ms): every pool loses to serial; 'below a few ms "
+        "of total work, any pool loses'",
+    ),
+    Heuristic(
+        "THREAD_CHUNK_OVERHEAD_S",
+        THREAD_CHUNK_OVERHEAD_S,
+        "Submitting and collecting one chunk on a warm ThreadPoolExecutor.",
+        "measured: 8-64 no-op chunks on 2 threads, 12-15 us per chunk (2-core machine)",
+    ),
+    Heuristic(
+        "PROCESS_CHUNK_OVERHEAD_S",
+        PROCESS_CHUNK_OVERHEAD_S,
+        "Submitting, pickling and collecting one chunk on a warm loky pool.",
+        "measured: 8-64 no-op chunks on 2 loky workers, 200-260 us per chunk",
+    ),
+    Heuristic(
+        "PROCESS_BYTES_PER_S",
+        PROCESS_BYTES_PER_S,
+        "Arguments reach process workers by pickle through a pipe; the cost grows with bytes.",
+        "measured: 16 x 8 MB arrays to 2 loky workers, 413 MB/s one way, 697 MB/s there and "
+        "back; ANCHORS.md large payload: process pool 0.03-0.05x",
+    ),
+    Heuristic(
+        "JOBLIB_CALL_OVERHEAD_S",
+        JOBLIB_CALL_OVERHEAD_S,
+        "joblib.Parallel pays ~10 ms per call even on warm workers, so the selector prefers "
+        "the process executor when both are allowed.",
+        "ANCHORS.md cold start: joblib 270 ms, then ~10 ms per call even when warm",
+    ),
+    Heuristic(
+        "POOL_START_SECONDS",
+        dict(POOL_START_SECONDS),
+        "Cold start of a 2-worker pool plus a first tiny map, by start method; the snapshot's "
+        "spawn_cost_s and process_start_s come from this table (resources.POOL_START_SECONDS).",
+        "resources.measure_pool_start, median of 7 fresh interpreters: threads 1.2 ms, fork "
+        "9.9 ms, forkserver 91 ms, spawn 92 ms, loky 194 ms (ANCHORS.md: fork 20, loky 260)",
+    ),
+    Heuristic(
+        "PHYSICAL_CORES_FOR_PROCESSES",
+        PHYSICAL_CORES_FOR_PROCESSES,
+        "Workers are sized by logical CPUs, as loky and joblib do; fewer workers on SMT "
+        "machines is not adopted without a measurement showing it helps.",
+        "not measurable on the reference machine (2 cores, 1 thread per core: logical = "
+        "physical = 2); Resources.physical_cores reports the count",
     ),
 )
 

@@ -1,0 +1,328 @@
+"""``AutoExecutor``: measures the first items of each map, then runs the rest on the best pool.
+
+Per ``map`` it runs a short pilot on the first items in the calling thread (and, when needed, a
+few more on two threads to see whether they hold the GIL), keeps their results, asks
+``selection.explain_selection`` for a strategy and hands the remaining items to a pooled executor
+of that strategy. Measurements are remembered per function, so a repeated map skips the pilot.
+Delegate executors are kept and reused across maps and released by ``shutdown``.
+
+A process pool is never waited for: while it starts in the background the calling thread keeps
+running items, and the pool takes over whatever is left once it is up. When the measurements say
+a pool would pay off on a repeat of this map but not on what is left of it, the pool is started
+in the background for the next call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..errors import MapCancelledError
+from ..executor import ParallelExecutor, _Progress, annotate_item_error
+from ..resources import Resources
+from ..selection import (
+    SELECTABLE,
+    PilotError,
+    Selection,
+    WorkloadProfile,
+    explain_selection,
+    pickled_size,
+    pilot,
+)
+from ..worker import ChunkJob, ChunkOutcome
+
+#: How many functions' measurements an executor remembers (least recently used are dropped).
+PROFILE_CACHE_SIZE = 32
+_POOLED = ("threads", "processes", "joblib")
+_BACKGROUND_START = frozenset({"processes", "joblib"})
+
+
+def _noop(_: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class _Measured:
+    per_item_seconds: float
+    holds_gil: bool | None
+    cpu_ratio: float
+    thread_scaling: float | None
+    item_bytes: int | None
+
+
+class _Warmup:
+    """A pool started in a background thread; ``ready`` is set when it has run a first task."""
+
+    def __init__(self, executor: ParallelExecutor) -> None:
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(executor,), name="ce-parallel-auto-warmup", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, executor: ParallelExecutor) -> None:
+        try:
+            executor.map(_noop, [None])
+        except BaseException as exc:  # the real map falls back on its own; just stop waiting
+            self.error = exc
+        finally:
+            self.ready.set()
+
+
+class AutoExecutor(ParallelExecutor):
+    """Picks sequential, threads or processes per map from measurements of the first items."""
+
+    name = "auto"
+
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        max_workers: int | None = None,
+        resources: Resources | None = None,
+    ) -> None:
+        super().__init__(config, max_workers=max_workers, resources=resources)
+        base = resources if resources is not None else Resources(budget=self.budget)
+        self._snapshot = replace(base, budget=self.budget)
+        self._delegates: dict[str, ParallelExecutor] = {}
+        self._warmups: dict[str, _Warmup] = {}
+        self._profiles: OrderedDict[Hashable, _Measured] = OrderedDict()
+        #: The strategy and reason of the last map (what ran the items after the pilot).
+        self.last_strategy: str | None = None
+        self.last_reason: str | None = None
+        self.last_selection: Selection | None = None
+
+    # -- the selection ----------------------------------------------------------------------
+
+    def _delegate(self, strategy: str) -> ParallelExecutor:
+        with self._pool_lock:
+            executor = self._delegates.get(strategy)
+            if executor is None:
+                from . import strategy_class
+
+                cls = strategy_class(strategy)
+                executor = cls(
+                    self.config.replace(strategy=strategy),
+                    resources=self._snapshot,
+                )
+                self._delegates[strategy] = executor
+            return executor
+
+    def _warm_pools(self) -> frozenset[str]:
+        warm = {s for s, w in self._warmups.items() if w.ready.is_set() and w.error is None}
+        warm |= {s for s in self._delegates if s == "threads"}
+        return frozenset(warm)
+
+    def _warm_in_background(self, strategy: str) -> _Warmup:
+        warmup = self._warmups.get(strategy)
+        if warmup is None or warmup.error is not None:
+            warmup = _Warmup(self._delegate(strategy))
+            self._warmups[strategy] = warmup
+        return warmup
+
+    def _measure(
+        self,
+        fn: Callable[..., Any],
+        work: list[Any],
+        seeds: list[Any] | None,
+        key: Hashable | None,
+    ) -> tuple[list[Any], _Measured]:
+        """Run the pilot, or reuse what an earlier map of ``fn`` measured (then nothing runs)."""
+        known = self._profiles.get(key) if key is not None else None
+        if known is not None:
+            enough = len(work) * known.per_item_seconds
+            if known.holds_gil is not None or enough < _min_parallel_work():
+                self._profiles.move_to_end(key)
+                return [], known
+        try:
+            result = pilot(fn, work, seeds, threads=min(2, self.workers))
+        except PilotError as failure:
+            self.metrics.add(failures=1)
+            annotate_item_error(failure.error, failure.index, self.name, None)
+            raise failure.error from None
+        measured = _Measured(
+            result.per_item_seconds,
+            result.holds_gil,
+            result.cpu_ratio,
+            result.thread_scaling,
+            pickled_size(work[0]) if result.holds_gil else None,
+        )
+        if key is not None:
+            self._profiles[key] = measured
+            self._profiles.move_to_end(key)
+            while len(self._profiles) > PROFILE_CACHE_SIZE:
+                self._profiles.popitem(last=False)
+        return result.results, measured
+
+    def _select(self, n: int, measured: _Measured) -> Selection:
+        profile = WorkloadProfile(
+            n_items=n,
+            task_size_hint_bytes=self.config.task_size_hint_bytes,
+            per_item_seconds=measured.per_item_seconds,
+            holds_gil=measured.holds_gil,
+            cpu_ratio=measured.cpu_ratio,
+            thread_scaling=measured.thread_scaling,
+            item_bytes=measured.item_bytes,
+            warm_pools=self._warm_pools(),
+        )
+        return explain_selection(profile, self._snapshot, allowed=SELECTABLE)
+
+    # -- the map ----------------------------------------------------------------------------
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        work: list[Any],
+        chunksize: int | None,
+        deadline: float | None,
+        seeds: list[Any] | None,
+        bar: _Progress | None,
+        limit: float | None,
+    ) -> list[Any]:
+        started = time.perf_counter()
+        key = _fn_key(fn)
+        head, measured = self._measure(fn, work, seeds, key)
+        done = len(head)
+        if bar is not None and done:
+            bar.update(done)
+        selection = self._select(len(work) - done, measured)
+        if done and selection.strategy == "sequential":
+            # A pool that would pay off on a repeat of the whole map starts now, for next time.
+            whole = self._select(len(work), measured)
+            if whole.strategy in _BACKGROUND_START:
+                self._warm_in_background(whole.strategy)
+        self.last_selection = selection
+        self.last_strategy, self.last_reason = selection.strategy, selection.reason
+        self._emit(
+            "decision",
+            {
+                "source": "auto",
+                "strategy": selection.strategy,
+                "reason": selection.reason,
+                "items": len(work),
+                "pilot_items": done,
+                "per_item_seconds": measured.per_item_seconds,
+                "holds_gil": measured.holds_gil,
+                "estimates": selection.estimates,
+                "budget": self.budget.count,
+                "limited_by": self.budget.limited_by,
+            },
+        )
+        rest = work[done:]
+        rest_seeds = None if seeds is None else seeds[done:]
+        try:
+            if not rest:
+                tail: list[Any] = []
+            elif selection.strategy == "sequential":
+                tail = self._run_serially(fn, rest, rest_seeds, deadline, bar, offset=done)
+            else:
+                tail = self._run_pooled(
+                    selection.strategy, fn, rest, rest_seeds, done, chunksize, deadline, bar, limit
+                )
+        finally:
+            wall = time.perf_counter() - started
+            self.metrics.add(maps=1, tasks_submitted=len(work), total_duration=wall)
+        self.metrics.add(tasks_completed=len(work))
+        return head + tail
+
+    def _run_pooled(
+        self,
+        strategy: str,
+        fn: Callable[..., Any],
+        rest: list[Any],
+        seeds: list[Any] | None,
+        offset: int,
+        chunksize: int | None,
+        deadline: float | None,
+        bar: _Progress | None,
+        limit: float | None,
+    ) -> list[Any]:
+        head: list[Any] = []
+        if strategy in _BACKGROUND_START:
+            warmup = self._warm_in_background(strategy)
+            # Run items here until the pool is up, instead of waiting idle for it.
+            while rest and not warmup.ready.is_set():
+                head += self._run_serially(
+                    fn, rest[:1], None if seeds is None else seeds[:1], deadline, bar, offset
+                )
+                rest, seeds, offset = rest[1:], None if seeds is None else seeds[1:], offset + 1
+            if not rest:
+                return head
+        delegate = self._delegate(strategy)
+        with delegate._map_lock:
+            delegate._cancel_event.clear()
+            if self._cancel_event.is_set():
+                raise MapCancelledError("map() was cancelled by cancel()")
+            try:
+                return head + delegate._map(fn, rest, chunksize, deadline, seeds, bar, limit)
+            except BaseException as exc:
+                _shift_item_index(exc, offset, strategy)
+                raise
+
+    # -- hooks and lifecycle ------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop the running ``map``, including the part its delegate pool is running."""
+        super().cancel()
+        for executor in list(self._delegates.values()):
+            executor.cancel()
+
+    def _start_pool(self) -> None:
+        return None  # delegates start their own pools
+
+    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+        raise RuntimeError("AutoExecutor hands chunks to a delegate executor; never called")
+
+    def _release_pool(self, kill: bool) -> None:
+        for warmup in list(self._warmups.values()):
+            warmup.thread.join()
+        self._warmups.clear()
+        with self._pool_lock:
+            delegates, self._delegates = dict(self._delegates), {}
+        for executor in delegates.values():
+            executor.shutdown(cancel=kill)
+
+
+def _min_parallel_work() -> float:
+    from ..heuristics import AUTO_MIN_PARALLEL_WORK_S
+
+    return AUTO_MIN_PARALLEL_WORK_S
+
+
+def _fn_key(fn: Callable[..., Any]) -> Hashable | None:
+    """The key under which ``fn``'s measurements are remembered; None if it is unhashable.
+
+    Bound methods compare equal when they bind the same function to the same object, and a
+    ``functools.partial`` or a function is its own key, so the same work maps to the same key.
+    """
+    try:
+        hash(fn)
+    except TypeError:
+        return None
+    return fn
+
+
+def _shift_item_index(exc: BaseException, offset: int, strategy: str) -> None:
+    """Make the failing item's index count from the start of the whole map, not the remainder."""
+    index = getattr(exc, "ce_parallel_item_index", None)
+    if index is None or offset == 0:
+        return
+    exc.ce_parallel_item_index = index + offset  # type: ignore[attr-defined]
+    notes = getattr(exc, "__notes__", None)
+    old = f"ce-parallel: raised by item {index} (strategy {strategy!r})"
+    if isinstance(notes, list) and old in notes:
+        notes[notes.index(old)] = (
+            f"ce-parallel: raised by item {index + offset} (strategy 'auto' running {strategy!r})"
+        )
+    elif exc.args and isinstance(exc.args[0], str) and old in exc.args[0]:
+        new = f"ce-parallel: raised by item {index + offset} (strategy 'auto' running {strategy!r})"
+        exc.args = (exc.args[0].replace(old, new), *exc.args[1:])
+
+
+__all__ = ["AutoExecutor"]
