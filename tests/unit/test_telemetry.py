@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,11 +196,14 @@ _WRITER = textwrap.dedent(
     from ce_parallel.telemetry import append_jsonl
     path, writer, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     filler = writer * 5000  # longer than PIPE_BUF: no size-based atomicity to lean on
+    open(go + "." + writer, "w").close()  # ready
     deadline = time.monotonic() + 30
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.001)
     for i in range(count):
         append_jsonl(path, {"writer": writer, "seq": i, "filler": filler})
+        if i % 50 == 0:
+            time.sleep(0.001)  # yield now and then, so a busy machine still interleaves us
     """
 )
 
@@ -212,7 +216,10 @@ def test_two_processes_appending_concurrently_keep_every_line_whole(tmp_path: Pa
         subprocess.Popen([sys.executable, "-c", _WRITER, str(path), writer, str(count), str(go)])
         for writer in ("a", "b")
     ]
-    # both writers wait for this file, so that their appends overlap in time
+    # both writers say they are ready, then wait for the go file, so that their appends overlap
+    deadline = time.monotonic() + 30
+    while not all(Path(f"{go}.{w}").exists() for w in "ab") and time.monotonic() < deadline:
+        time.sleep(0.001)
     go.touch()
     for proc in procs:
         assert proc.wait(timeout=60) == 0
