@@ -241,6 +241,14 @@ def _joblib_run(state: Any, fn: Callable[[Any], Any], items: list[Any]) -> list[
     return list(Parallel(n_jobs=state)(delayed(fn)(x) for x in items))
 
 
+def _joblib_stop(state: Any) -> None:
+    # joblib keeps its loky workers (and their memmap folders) until interpreter exit; a
+    # benchmark releases them explicitly so nothing outlives the run.
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
 def _pool_start(factory: Callable[[], Any], workers: int) -> Callable[[], Any]:
     def start() -> Any:
         pool = factory()
@@ -318,7 +326,9 @@ def build_runners(workers: int) -> list[Runner]:
             _facade_choice,
         )
     )
-    runners.append(Runner("joblib.Parallel", "baseline", _joblib_run, _joblib_start(workers)))
+    runners.append(
+        Runner("joblib.Parallel", "baseline", _joblib_run, _joblib_start(workers), _joblib_stop)
+    )
     runners.append(
         Runner(
             "cf:threads",
@@ -604,6 +614,8 @@ def machine_facts(blas: dict[str, Any]) -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "start_method": multiprocessing.get_start_method(allow_none=True),
         "blas": blas,
+        # other processes on the machine skew timings; the load says how quiet it was
+        "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {
             name: _version(name)
             for name in (
@@ -739,6 +751,10 @@ def _fmt_seconds(value: float | None) -> str:
     return f"{value:.2f} s"
 
 
+def _fmt_load(load: list[float] | None) -> str:
+    return "unknown" if not load else f"{load[0]:.1f}"
+
+
 def _fmt_cell(stats: dict[str, Any] | None) -> str:
     if stats is None:
         return "-"
@@ -761,8 +777,11 @@ def markdown_summary(document: dict[str, Any]) -> str:
         "",
         f"CPU budget {facts['cpu_budget']} (limited by {facts['cpu_budget_source']}), "
         f"Python {facts['python']}, {facts['platform']}, BLAS threads "
-        f"{facts['blas']['requested_threads']}. Speed-up = serial median / runner median "
-        "(higher is better); warm pools; ERR = raised, WRONG = results differ from serial.",
+        f"{facts['blas']['requested_threads']}, 1-min load average "
+        f"{_fmt_load(facts.get('load_average_start'))} at start, "
+        f"{_fmt_load(facts.get('load_average_end'))} at end. "
+        "Speed-up = serial median / runner median (higher is better); warm pools; "
+        "ERR = raised, WRONG = results differ from serial.",
         "",
         "| workload | size | serial | " + " | ".join(warm) + " | auto chose | auto regret |",
         "|---|---|---:|" + "---:|" * len(warm) + "---|---:|",
@@ -844,7 +863,8 @@ def plot_speedups(document: dict[str, Any], path: str) -> None:
             if speedup:
                 xs.append(j + (i - (len(runners) - 1) / 2) * width)
                 ys.append(speedup)
-        ax.bar(xs, ys, width=width, label=runner, color=cmap(i % 20))
+        if ys:  # a runner that never produced a correct result gets no legend entry
+            ax.bar(xs, ys, width=width, label=runner, color=cmap(i % 20))
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
     ax.set_xticks(range(len(workloads)))
@@ -924,6 +944,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if runner_names is None or r.name == "serial" or r.name in runner_names
     ]
     started = time.perf_counter()
+    load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     _progress(
         f"ce-parallel ablation: {mode} mode, {repeats} repeats, {len(workloads)} workloads, "
         f"{len(runners)} runners, {workers} workers"
@@ -933,6 +954,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workloads, runners, mode=mode, repeats=repeats, cold_workloads=COLD_WORKLOADS[mode]
         )
         machine = machine_facts(blas)
+    machine["load_average_start"] = load_start
     results = analyse(cells)
     document = {
         "schema_version": SCHEMA_VERSION,
