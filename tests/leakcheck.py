@@ -13,6 +13,9 @@ import pytest
 #: loky and joblib each keep one resource-tracker helper per process for its lifetime; it is not
 #: a worker and is not ours to stop.
 HELPER_MARKERS = ("resource_tracker",)
+#: distributed keeps one process-wide offload thread (``distributed.utils._offload_executor``)
+#: from its first use until the interpreter exits; it is not a worker and is not ours to stop.
+HELPER_THREAD_PREFIXES = ("Dask-Offload",)
 
 
 def worker_children() -> list[psutil.Process]:
@@ -28,6 +31,11 @@ def worker_children() -> list[psutil.Process]:
     return out
 
 
+def worker_threads() -> list[threading.Thread]:
+    """Live threads of this process, other than long-lived library helpers."""
+    return [t for t in threading.enumerate() if not t.name.startswith(HELPER_THREAD_PREFIXES)]
+
+
 @dataclass
 class Snapshot:
     children: int
@@ -36,7 +44,7 @@ class Snapshot:
 
 
 def snapshot() -> Snapshot:
-    return Snapshot(len(worker_children()), threading.active_count(), psutil.Process().num_fds())
+    return Snapshot(len(worker_children()), len(worker_threads()), psutil.Process().num_fds())
 
 
 def assert_no_leaks(before: Snapshot, settle_s: float = 5.0) -> None:
@@ -53,7 +61,7 @@ def assert_no_leaks(before: Snapshot, settle_s: float = 5.0) -> None:
             break
         time.sleep(0.05)
     assert now.children <= before.children, f"child processes left: {worker_children()}"
-    assert now.threads <= before.threads, f"threads left: {threading.enumerate()}"
+    assert now.threads <= before.threads, f"threads left: {worker_threads()}"
     assert now.fds <= before.fds, f"file descriptors left: {before.fds} -> {now.fds}"
 
 
