@@ -1,0 +1,271 @@
+"""Strategy selection against synthetic profiles (one test per rule), the pilot, and auto maps.
+
+Profiles and resources are built by hand: no clock, no environment. Pilot tests check what it
+runs and keeps, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ce_parallel import ParallelConfig, create_executor
+from ce_parallel.heuristics import (
+    AUTO_MIN_PARALLEL_WORK_S,
+    PILOT_MAX_FRACTION,
+    PROCESS_MAX_TASK_BYTES,
+)
+from ce_parallel.resources import CpuBudget, Resources
+from ce_parallel.selection import (
+    PilotError,
+    WorkloadProfile,
+    _auto_strategy,
+    explain_selection,
+    pickled_size,
+    pilot,
+    select_strategy,
+    time_first_items,
+)
+
+
+def machine(cpus: int = 2) -> Resources:
+    return Resources(budget=CpuBudget(cpus, "affinity", {"affinity": cpus}))
+
+
+def profile(**fields: object) -> WorkloadProfile:
+    base: dict[str, object] = {"n_items": 200, "per_item_seconds": 0.005, "cpu_ratio": 1.0}
+    base.update(fields)
+    return WorkloadProfile(**base)  # type: ignore[arg-type]
+
+
+# --- one test per rule ----------------------------------------------------------------------
+
+
+def test_a_budget_of_one_cpu_is_serial() -> None:
+    strategy, reason = select_strategy(profile(holds_gil=True), machine(1))
+    assert strategy == "sequential"
+    assert "budget is 1" in reason and "affinity" in reason
+
+
+def test_a_single_item_is_serial() -> None:
+    assert select_strategy(profile(n_items=1, holds_gil=True), machine())[0] == "sequential"
+
+
+def test_tiny_work_is_serial() -> None:
+    # ANCHORS tiny: 10,000 x 0.11 us
+    strategy, reason = select_strategy(
+        profile(n_items=10_000, per_item_seconds=1.1e-7, holds_gil=True), machine()
+    )
+    assert strategy == "sequential"
+    assert "no pool pays off" in reason
+
+
+def test_work_just_above_the_minimum_can_go_parallel() -> None:
+    per_item = 2 * AUTO_MIN_PARALLEL_WORK_S / 100
+    chosen = select_strategy(
+        profile(n_items=100, per_item_seconds=per_item, holds_gil=False), machine()
+    )
+    assert chosen[0] == "threads"
+
+
+def test_gil_bound_python_goes_to_processes() -> None:
+    strategy, reason = select_strategy(profile(holds_gil=True), machine())
+    assert strategy == "processes"
+    assert "hold the GIL" in reason
+
+
+def test_gil_releasing_work_goes_to_threads() -> None:
+    strategy, reason = select_strategy(profile(holds_gil=False), machine())
+    assert strategy == "threads"
+    assert "release the GIL" in reason
+
+
+@pytest.mark.parametrize("holds_gil", [True, False, None])
+def test_large_payloads_never_go_to_processes(holds_gil: bool | None) -> None:
+    big = profile(holds_gil=holds_gil, item_bytes=8_000_000)
+    hinted = profile(holds_gil=holds_gil, task_size_hint_bytes=PROCESS_MAX_TASK_BYTES)
+    for case in (big, hinted):
+        strategy, _ = select_strategy(case, machine())
+        assert strategy not in ("processes", "joblib")
+    assert select_strategy(profile(holds_gil=False, item_bytes=8_000_000), machine())[0] == (
+        "threads"
+    )
+
+
+def test_gil_bound_work_with_large_payloads_stays_serial() -> None:
+    strategy, reason = select_strategy(profile(holds_gil=True, item_bytes=8_000_000), machine())
+    assert strategy == "sequential"
+    assert "pickle" in reason
+
+
+def test_items_that_already_use_every_cpu_stay_serial() -> None:
+    # NumPy with default BLAS threads: each item keeps ~2 CPUs busy on a 2-CPU budget
+    strategy, reason = select_strategy(profile(cpu_ratio=1.9, holds_gil=None), machine())
+    assert strategy == "sequential"
+    assert "already keeps" in reason
+
+
+def test_items_using_two_cpus_on_a_larger_budget_still_parallelise() -> None:
+    assert select_strategy(profile(cpu_ratio=2.0, holds_gil=False), machine(8))[0] == "threads"
+
+
+def test_a_cold_process_pool_must_pay_for_its_share_of_the_start() -> None:
+    # 20 ms of GIL-bound work: a warm pool halves it, a cold one is not worth starting
+    small = profile(n_items=4, per_item_seconds=0.01, holds_gil=True)
+    assert select_strategy(small, machine())[0] == "sequential"
+    warm = profile(
+        n_items=4, per_item_seconds=0.01, holds_gil=True, warm_pools=frozenset({"processes"})
+    )
+    assert select_strategy(warm, machine())[0] == "processes"
+
+
+def test_a_speedup_under_the_margin_stays_serial() -> None:
+    # transfer cost eats most of the gain
+    heavy = profile(holds_gil=True, item_bytes=PROCESS_MAX_TASK_BYTES - 1, per_item_seconds=0.003)
+    selection = explain_selection(heavy, machine())
+    assert selection.strategy == "sequential"
+    assert "needs" in selection.reason
+
+
+def test_unmeasured_work_uses_joblib_or_serial() -> None:
+    big = WorkloadProfile(n_items=200, work_items=20_000)
+    assert select_strategy(big, machine())[0] == "joblib"
+    small = WorkloadProfile(n_items=4, work_items=4)
+    assert select_strategy(small, machine())[0] == "sequential"
+
+
+def test_processes_not_allowed_falls_to_joblib() -> None:
+    allowed = ("sequential", "threads", "joblib")
+    assert _auto_strategy(profile(holds_gil=True), machine(), allowed=allowed)[0] == "joblib"
+
+
+def test_only_sequential_allowed_is_serial() -> None:
+    assert _auto_strategy(profile(holds_gil=True), machine(), allowed=("sequential",))[0] == (
+        "sequential"
+    )
+
+
+def test_unknown_allowed_strategy_raises() -> None:
+    with pytest.raises(ValueError, match="allowed"):
+        explain_selection(profile(), machine(), allowed=("dask",))
+
+
+def test_selection_is_deterministic_and_the_alias_is_the_same_function() -> None:
+    assert select_strategy is _auto_strategy
+    p, r = profile(holds_gil=True), machine()
+    assert {select_strategy(p, r) for _ in range(5)} == {select_strategy(p, r)}
+
+
+def test_estimates_are_reported() -> None:
+    selection = explain_selection(profile(holds_gil=None), machine())
+    assert set(selection.estimates) == {"sequential", "threads", "processes", "joblib"}
+    assert selection.estimates["sequential"] == pytest.approx(1.0)
+
+
+# --- the pilot ------------------------------------------------------------------------------
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def fail_at_seven(x: int) -> int:
+    if x == 7:
+        raise KeyError(x)
+    return x
+
+
+def test_time_first_items_keeps_results_in_order_and_is_bounded() -> None:
+    items = list(range(1000))
+    result = time_first_items(double, items)
+    assert 1 <= result.done <= int(len(items) * PILOT_MAX_FRACTION)
+    assert result.results == [2 * x for x in items[: result.done]]
+    assert result.per_item_seconds > 0
+
+
+def test_pilot_always_runs_at_least_one_item() -> None:
+    assert time_first_items(double, [5, 6]).results == [10]
+
+
+def test_pilot_reports_the_failing_item_index() -> None:
+    with pytest.raises(PilotError) as info:
+        time_first_items(fail_at_seven, list(range(20)), max_items=20, target_s=10.0)
+    assert info.value.index == 7
+    assert isinstance(info.value.error, KeyError)
+
+
+def test_pilot_probe_keeps_every_result_in_order() -> None:
+    import time
+
+    def wait(x: int) -> int:
+        time.sleep(0.002)
+        return x
+
+    items = list(range(60))
+    result = pilot(wait, items, threads=2)
+    assert result.results == items[: result.done]
+    assert result.done >= 2
+    assert result.thread_scaling is not None and result.holds_gil is not None
+
+
+def test_pilot_trusts_a_given_gil_answer() -> None:
+    result = pilot(double, list(range(100)), holds_gil=True)
+    assert result.holds_gil is True and result.thread_scaling is None
+
+
+def test_pickled_size_counts_array_buffers_without_copying() -> None:
+    np = pytest.importorskip("numpy")
+    size = pickled_size(np.zeros(1_000_000))
+    assert size is not None and size >= 8_000_000
+    assert pickled_size(lambda x: x) is None
+
+
+# --- the auto executor (correctness only; speed is measured in evaluation/) ----------------
+
+
+def slow_square(x: int) -> int:
+    total = 0
+    for _ in range(2000):
+        total += 1
+    return x * x + total - 2000
+
+
+@pytest.mark.parametrize("fn", [double, slow_square])
+def test_auto_map_equals_the_serial_loop_and_reports_its_choice(fn: object) -> None:
+    items = list(range(300))
+    with create_executor(ParallelConfig(strategy="auto", max_workers=2)) as executor:
+        first = executor.map(fn, items)  # type: ignore[arg-type]
+        second = executor.map(fn, items)  # type: ignore[arg-type]
+        assert executor.last_strategy in ("sequential", "threads", "processes", "joblib")
+        assert executor.last_reason
+    expected = [fn(x) for x in items]  # type: ignore[operator]
+    assert first == expected and second == expected
+
+
+def sleep_then_fail_at_forty(x: int) -> int:
+    import time
+
+    time.sleep(0.002)
+    if x == 40:
+        raise KeyError(x)
+    return x
+
+
+@pytest.mark.parametrize("fn", [fail_at_seven, sleep_then_fail_at_forty])
+def test_auto_reports_the_failing_index_in_the_whole_input(fn: object) -> None:
+    config = ParallelConfig(strategy="auto", max_workers=2)
+    with create_executor(config) as executor, pytest.raises(KeyError) as info:
+        executor.map(fn, list(range(60)))  # type: ignore[arg-type]
+    expected = 7 if fn is fail_at_seven else 40
+    assert info.value.ce_parallel_item_index == expected  # type: ignore[attr-defined]
+    notes = getattr(info.value, "__notes__", [])
+    assert any(f"item {expected} " in note for note in notes)
+
+
+def test_auto_emits_a_decision_record() -> None:
+    records: list[tuple[str, dict]] = []
+    config = ParallelConfig(strategy="auto", telemetry=lambda e, p: records.append((e, p)))
+    with create_executor(config) as executor:
+        executor.map(double, list(range(10)))
+    decisions = [p for e, p in records if e == "decision"]
+    assert decisions and decisions[-1]["strategy"] == "sequential"
+    assert decisions[-1]["items"] == 10
