@@ -419,6 +419,7 @@ class ParallelFacade:
         fn: Callable[..., R],
         items: Iterable[Any],
         *,
+        n_instances: int | None = None,
         n_features: int = 1,
         bytes_hint: int | None = None,
         seconds_per_item: float | None = None,
@@ -434,7 +435,9 @@ class ParallelFacade:
         strategy; serial work runs on a ``SerialExecutor``. ``progress`` and ``seed`` behave as
         in ``ParallelExecutor.map`` on every path (``seed=S`` calls ``fn(x, rng=...)`` with the
         same per-item generators whatever runs the work). ``chunksize`` and ``timeout`` apply to
-        ce-parallel executors. The decision is kept in ``last_decision``.
+        ce-parallel executors. ``n_instances`` (default: the number of items) is what the
+        decision weighs when the items are not the instances, e.g. one item per feature of
+        ``n_instances`` rows. The decision is kept in ``last_decision``.
         """
         if not callable(fn):
             raise TypeError(f"map() needs a callable as fn; got {type(fn).__name__}: {fn!r}")
@@ -442,7 +445,11 @@ class ParallelFacade:
             raise RuntimeError("this ParallelFacade has been closed; create a new one")
         work = items if isinstance(items, list) else list(items)
         decision, runner = self._decide(
-            len(work), n_features, bytes_hint, executor, seconds_per_item
+            len(work) if n_instances is None else n_instances,
+            n_features,
+            bytes_hint,
+            executor,
+            seconds_per_item,
         )
         if not decision.use_parallel:
             return self._serial_executor().map(fn, work, progress=progress, seed=seed)

@@ -367,7 +367,7 @@ def test_an_enabled_caller_executor_enables_a_default_facade() -> None:
 
 @pytest.mark.parametrize("requested", FULL_MATRIX_STRATEGIES)
 def test_without_full_matrix_the_gate_warns_once_per_facade(requested: str) -> None:
-    config = ParallelConfig(enabled=True, strategy=requested)
+    config = ParallelConfig(enabled=True, strategy=requested)  # type: ignore[arg-type]
     first, second = facade(config), facade(config)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -408,7 +408,7 @@ def test_subset_strategies_never_warn() -> None:
 def test_without_full_matrix_no_decision_names_a_strategy_outside_the_subset(
     requested: str, n: int, f: int, cpus: int, ci: bool, payload: int | None
 ) -> None:
-    config = ParallelConfig(enabled=True, strategy=requested)
+    config = ParallelConfig(enabled=True, strategy=requested)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FullMatrixWarning)
         d = facade(config, resources=machine(cpus, ci=ci)).decide_use_parallel(
@@ -440,7 +440,7 @@ def test_with_full_matrix_the_whole_matrix_is_available(
 
 @pytest.mark.parametrize("requested", ["dask", "auto"])
 def test_full_matrix_reports_dask_and_auto_as_requested(requested: str) -> None:
-    config = ParallelConfig(enabled=True, strategy=requested, full_matrix=True)
+    config = ParallelConfig(enabled=True, strategy=requested, full_matrix=True)  # type: ignore[arg-type]
     d = facade(config).decide_use_parallel(*BIG)
     assert (d.reason, d.strategy) == ("enabled", requested)
 
@@ -568,7 +568,7 @@ def test_a_raising_sink_is_logged_once_and_never_breaks_decisions_or_maps(
 def test_same_inputs_give_the_same_decision(
     n: int, f: int, payload: int | None, cpus: int, ci: bool, strategy: str, full: bool
 ) -> None:
-    config = ParallelConfig(enabled=True, strategy=strategy, full_matrix=full)
+    config = ParallelConfig(enabled=True, strategy=strategy, full_matrix=full)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FullMatrixWarning)
         one = facade(config, resources=machine(cpus, ci=ci))
@@ -621,6 +621,16 @@ def test_seeded_map_gives_the_same_results_serial_parallel_and_on_a_caller_execu
 def test_map_accepts_progress(config: ParallelConfig) -> None:
     with facade(config) as f:
         assert f.map(square, range(40), n_features=100, progress=True) == [x * x for x in range(40)]
+
+
+def test_map_weighs_n_instances_when_the_items_are_not_the_instances() -> None:
+    with facade(THREADS) as f:
+        # three items (say, one per feature) over 5000 instances each
+        assert f.map(square, [1, 2, 3], n_instances=5000, n_features=10) == [1, 4, 9]
+        assert f.last_decision is not None
+        assert (f.last_decision.reason, f.last_decision.n_instances) == ("enabled", 5000)
+        f.map(square, range(5000), n_instances=3)
+        assert f.last_decision.reason == "below_min_instances"
 
 
 def test_map_records_decision_and_run() -> None:
@@ -734,7 +744,7 @@ def test_bad_arguments_raise_an_error_naming_them(kwargs: dict[str, Any], name: 
 
 def test_bad_constructor_arguments_and_environment_are_rejected() -> None:
     with pytest.raises(ConfigurationError, match="config"):
-        ParallelFacade({"enabled": True}, environ={}, resources=machine())
+        ParallelFacade({"enabled": True}, environ={}, resources=machine())  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="executor"):
         facade(executor=42)
     with pytest.raises(ConfigurationError, match="telemetry"):
@@ -745,4 +755,4 @@ def test_bad_constructor_arguments_and_environment_are_rejected() -> None:
 
 def test_map_needs_a_callable() -> None:
     with pytest.raises(TypeError, match="callable"):
-        facade().map(42, [1])
+        facade().map(42, [1])  # type: ignore[arg-type]

@@ -169,7 +169,7 @@ def test_run_record_computes_utilisation_and_names_the_error() -> None:
 
 
 def test_run_record_utilisation_is_capped_and_zero_without_wall_time() -> None:
-    kwargs = {"strategy": "joblib", "items": 1, "chunks": 1, "workers": 2}
+    kwargs: dict[str, Any] = {"strategy": "joblib", "items": 1, "chunks": 1, "workers": 2}
     assert run_record(**kwargs, wall_time=1.0, busy_time=5.0)["utilisation_pct"] == 100.0
     assert run_record(**kwargs, wall_time=0.0, busy_time=0.0)["utilisation_pct"] == 0.0
     assert run_record(**kwargs, wall_time=1.0, busy_time=1.0)["error"] is None
