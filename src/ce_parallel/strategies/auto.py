@@ -160,17 +160,24 @@ class AutoExecutor(ParallelExecutor):
                 self._profiles.popitem(last=False)
         return result.results, measured
 
-    def _select(self, n: int, measured: _Measured) -> Selection:
-        profile = WorkloadProfile(
-            n_items=n,
-            task_size_hint_bytes=self.config.task_size_hint_bytes,
-            per_item_seconds=measured.per_item_seconds,
-            holds_gil=measured.holds_gil,
-            cpu_ratio=measured.cpu_ratio,
-            thread_scaling=measured.thread_scaling,
-            item_bytes=measured.item_bytes,
-            warm_pools=self._warm_pools(),
-        )
+    def _select(self, n: int, measured: _Measured | None) -> Selection:
+        if measured is None:
+            profile = WorkloadProfile(
+                n_items=n,
+                task_size_hint_bytes=self.config.task_size_hint_bytes,
+                warm_pools=self._warm_pools(),
+            )
+        else:
+            profile = WorkloadProfile(
+                n_items=n,
+                task_size_hint_bytes=self.config.task_size_hint_bytes,
+                per_item_seconds=measured.per_item_seconds,
+                holds_gil=measured.holds_gil,
+                cpu_ratio=measured.cpu_ratio,
+                thread_scaling=measured.thread_scaling,
+                item_bytes=measured.item_bytes,
+                warm_pools=self._warm_pools(),
+            )
         return explain_selection(profile, self._snapshot, allowed=SELECTABLE)
 
     # -- the map ----------------------------------------------------------------------------
@@ -186,13 +193,18 @@ class AutoExecutor(ParallelExecutor):
         limit: float | None,
     ) -> list[Any]:
         started = time.perf_counter()
-        key = _fn_key(fn)
-        head, measured = self._measure(fn, work, seeds, key)
+        head: list[Any] = []
+        measured: _Measured | None = None
+        if self.config.worker_initializer is None:
+            head, measured = self._measure(fn, work, seeds, _fn_key(fn))
+        # With a worker initializer nothing runs in the calling thread or on probe threads
+        # (they are not workers); the choice rests on the caller's hints and every item goes
+        # to one delegate, so the initializer runs once per worker of that delegate.
         done = len(head)
         if bar is not None and done:
             bar.update(done)
         selection = self._select(len(work) - done, measured)
-        if done and selection.strategy == "sequential":
+        if done and measured is not None and selection.strategy == "sequential":
             # A pool that would pay off on a repeat of the whole map starts now, for next time.
             whole = self._select(len(work), measured)
             if whole.strategy in _BACKGROUND_START:
@@ -207,8 +219,8 @@ class AutoExecutor(ParallelExecutor):
                 "reason": selection.reason,
                 "items": len(work),
                 "pilot_items": done,
-                "per_item_seconds": measured.per_item_seconds,
-                "holds_gil": measured.holds_gil,
+                "per_item_seconds": None if measured is None else measured.per_item_seconds,
+                "holds_gil": None if measured is None else measured.holds_gil,
                 "estimates": selection.estimates,
                 "budget": self.budget.count,
                 "limited_by": self.budget.limited_by,
@@ -219,7 +231,7 @@ class AutoExecutor(ParallelExecutor):
         try:
             if not rest:
                 tail: list[Any] = []
-            elif selection.strategy == "sequential":
+            elif selection.strategy == "sequential" and measured is not None:
                 tail = self._run_serially(fn, rest, rest_seeds, deadline, bar, offset=done)
             else:
                 tail = self._run_pooled(
@@ -244,7 +256,7 @@ class AutoExecutor(ParallelExecutor):
         limit: float | None,
     ) -> list[Any]:
         head: list[Any] = []
-        if strategy in _BACKGROUND_START:
+        if strategy in _BACKGROUND_START and self.config.worker_initializer is None:
             warmup = self._warm_in_background(strategy)
             # Run items here until the pool is up, instead of waiting idle for it.
             while rest and not warmup.ready.is_set():
