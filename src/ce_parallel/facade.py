@@ -392,11 +392,17 @@ class ParallelFacade:
         return _Candidate(kind, enabled, workers, executor, _type_name(executor))
 
     def _start_cost(self, strategy: str) -> float:
+        """The cold start of the pool that would run ``strategy`` (see POOL_START_SECONDS).
+
+        It is charged on every decision, so that a decision never depends on whether an
+        earlier call already warmed a pool.
+        """
         if strategy in PROCESS_STRATEGIES:
-            return max(heuristics.PROCESS_POOL_START_S, self.resources.spawn_cost_s)
+            # loky-based pools, never cheaper than the platform's own start method
+            return max(self.resources.process_start_s, self.resources.spawn_cost_s)
         # threads, and kinds whose pool the facade cannot see (auto chooses per workload,
         # a caller's executor is already running): the cheapest start-up
-        return heuristics.THREAD_POOL_START_S
+        return self.resources.thread_start_s
 
     def _warn_full_matrix(self, requested: str) -> None:
         with self._lock:

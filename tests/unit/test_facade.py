@@ -37,12 +37,19 @@ THREADS = ParallelConfig(enabled=True, strategy="threads")
 JOBLIB = ParallelConfig(enabled=True, strategy="joblib")
 
 
+def enabled(strategy: Any, **changes: Any) -> ParallelConfig:
+    """An enabled config for ``strategy`` (any name the config accepts)."""
+    return ParallelConfig(enabled=True, strategy=strategy, **changes)
+
+
 def machine(
     cpus: int = 4,
     *,
     limited_by: str = "machine",
     ci: bool = False,
-    spawn_cost_s: float = 0.02,
+    spawn_cost_s: float = 0.01,
+    process_start_s: float = 0.2,
+    thread_start_s: float = 0.001,
 ) -> Resources:
     return Resources(
         budget=CpuBudget(cpus, limited_by, {limited_by: cpus}),
@@ -51,6 +58,8 @@ def machine(
         platform="linux",
         start_method="fork",
         spawn_cost_s=spawn_cost_s,
+        process_start_s=process_start_s,
+        thread_start_s=thread_start_s,
     )
 
 
@@ -281,10 +290,19 @@ def test_seconds_per_item_hint_can_repay_the_spawn_cost() -> None:
     assert (d.reason, d.estimated_work_s, d.seconds_per_item) == ("enabled", 5.0, 0.05)
 
 
-def test_the_platform_spawn_cost_is_charged_when_it_is_larger() -> None:
-    slow = machine(spawn_cost_s=1000.0)
+@pytest.mark.parametrize(
+    "slow",
+    [machine(spawn_cost_s=1000.0), machine(process_start_s=1000.0)],
+    ids=["platform-start-method", "loky-start"],
+)
+def test_a_slow_process_start_keeps_process_strategies_serial(slow: Resources) -> None:
     assert facade(JOBLIB, resources=slow).decide_use_parallel(*BIG).reason == "spawn_cost"
     assert facade(THREADS, resources=slow).decide_use_parallel(*BIG).reason == "enabled"
+
+
+def test_a_slow_thread_start_keeps_threads_serial() -> None:
+    slow = machine(thread_start_s=1000.0)
+    assert facade(THREADS, resources=slow).decide_use_parallel(*BIG).reason == "spawn_cost"
 
 
 def test_every_reason_code_is_reached_by_the_tests_above(quiet: None) -> None:
@@ -367,7 +385,7 @@ def test_an_enabled_caller_executor_enables_a_default_facade() -> None:
 
 @pytest.mark.parametrize("requested", FULL_MATRIX_STRATEGIES)
 def test_without_full_matrix_the_gate_warns_once_per_facade(requested: str) -> None:
-    config = ParallelConfig(enabled=True, strategy=requested)  # type: ignore[arg-type]
+    config = enabled(requested)
     first, second = facade(config), facade(config)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -408,7 +426,7 @@ def test_subset_strategies_never_warn() -> None:
 def test_without_full_matrix_no_decision_names_a_strategy_outside_the_subset(
     requested: str, n: int, f: int, cpus: int, ci: bool, payload: int | None
 ) -> None:
-    config = ParallelConfig(enabled=True, strategy=requested)  # type: ignore[arg-type]
+    config = enabled(requested)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FullMatrixWarning)
         d = facade(config, resources=machine(cpus, ci=ci)).decide_use_parallel(
@@ -440,7 +458,7 @@ def test_with_full_matrix_the_whole_matrix_is_available(
 
 @pytest.mark.parametrize("requested", ["dask", "auto"])
 def test_full_matrix_reports_dask_and_auto_as_requested(requested: str) -> None:
-    config = ParallelConfig(enabled=True, strategy=requested, full_matrix=True)  # type: ignore[arg-type]
+    config = enabled(requested, full_matrix=True)
     d = facade(config).decide_use_parallel(*BIG)
     assert (d.reason, d.strategy) == ("enabled", requested)
 
@@ -568,7 +586,7 @@ def test_a_raising_sink_is_logged_once_and_never_breaks_decisions_or_maps(
 def test_same_inputs_give_the_same_decision(
     n: int, f: int, payload: int | None, cpus: int, ci: bool, strategy: str, full: bool
 ) -> None:
-    config = ParallelConfig(enabled=True, strategy=strategy, full_matrix=full)  # type: ignore[arg-type]
+    config = enabled(strategy, full_matrix=full)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FullMatrixWarning)
         one = facade(config, resources=machine(cpus, ci=ci))
@@ -744,7 +762,8 @@ def test_bad_arguments_raise_an_error_naming_them(kwargs: dict[str, Any], name: 
 
 def test_bad_constructor_arguments_and_environment_are_rejected() -> None:
     with pytest.raises(ConfigurationError, match="config"):
-        ParallelFacade({"enabled": True}, environ={}, resources=machine())  # type: ignore[arg-type]
+        not_a_config: Any = {"enabled": True}
+        ParallelFacade(not_a_config, environ={}, resources=machine())
     with pytest.raises(ConfigurationError, match="executor"):
         facade(executor=42)
     with pytest.raises(ConfigurationError, match="telemetry"):
@@ -755,4 +774,5 @@ def test_bad_constructor_arguments_and_environment_are_rejected() -> None:
 
 def test_map_needs_a_callable() -> None:
     with pytest.raises(TypeError, match="callable"):
-        facade().map(42, [1])  # type: ignore[arg-type]
+        not_callable: Any = 42
+        facade().map(not_callable, [1])
