@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from leakcheck import assert_no_leaks, snapshot
@@ -50,6 +51,34 @@ def _warm_helpers() -> None:
     for strategy in ("processes", "joblib"):
         with create_executor(make_config(strategy)) as ex:
             ex.map(abs, [1, 2])
+    if _has("distributed"):
+        # distributed keeps a process-wide offload thread once anything has used it
+        from distributed.utils import _offload_executor
+
+        _offload_executor.submit(abs, 1).result()
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """One 2-worker LocalCluster for the whole suite: starting one per test costs ~10 s."""
+    distributed = pytest.importorskip("distributed", reason="dask extra not installed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(cluster, set_as_default=False)
+    # The client pools its connections to the scheduler and workers and grows the pool with
+    # concurrency; fill it before any baseline so leak checks count only what an executor keeps.
+    from ce_parallel.strategies.dask import DaskExecutor
+
+    with DaskExecutor(make_config("dask"), client=client) as warm:
+        for size in (1, 8, 64, 200) * 3:
+            warm.map(abs, range(size))
+            warm.map(abs, range(size), chunksize=1)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
 
 
 @pytest.fixture(params=STRATEGIES)
@@ -58,10 +87,25 @@ def strategy(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def executor(strategy: str) -> Iterator[ParallelExecutor]:
+def build(strategy: str, request: pytest.FixtureRequest) -> Callable[..., ParallelExecutor]:
+    """Make an executor of the strategy from config changes (dask runs on the shared cluster)."""
+
+    def make(**changes: Any) -> ParallelExecutor:
+        config = make_config(strategy, **changes)
+        if strategy == "dask":
+            from ce_parallel.strategies.dask import DaskExecutor
+
+            return DaskExecutor(config, client=request.getfixturevalue("dask_client"))
+        return create_executor(config)
+
+    return make
+
+
+@pytest.fixture
+def executor(build: Callable[..., ParallelExecutor]) -> Iterator[ParallelExecutor]:
     """A fresh executor of the strategy; after the test it is shut down and leaks are checked."""
+    ex = build()
     before = snapshot()
-    ex = create_executor(make_config(strategy))
     try:
         yield ex
     finally:

@@ -6,6 +6,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -143,12 +144,11 @@ def test_seeded_maps_agree_across_strategies(executor: ParallelExecutor) -> None
     assert executor.map(rng_draw, range(30), seed=43) != expected
 
 
-def test_worker_initializer_runs_once_per_worker(strategy: str, tmp_path: Path) -> None:
+def test_worker_initializer_runs_once_per_worker(
+    build: Callable[..., ParallelExecutor], tmp_path: Path
+) -> None:
     log = tmp_path / "init.log"
-    config = make_config(
-        strategy, worker_initializer=mark_initialized, worker_init_args=(str(log),)
-    )
-    with create_executor(config) as ex:
+    with build(worker_initializer=mark_initialized, worker_init_args=(str(log),)) as ex:
         first = ex.map(initialized_marker, range(40), chunksize=2)
         second = ex.map(initialized_marker, range(40), chunksize=2)
     inits = log.read_text().split()
