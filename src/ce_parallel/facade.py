@@ -12,8 +12,9 @@ Precedence of the settings, strongest first:
 3. The ``CE_PARALLEL`` / ``CE_PARALLEL_FULL`` environment variables.
 4. The ``ParallelConfig`` object (or the facade's ``executor=``).
 
-The environment is read once, when the facade is built; every decision of a facade is a pure
-function of its inputs, so the same inputs always give the same decision.
+The environment and the machine (``Resources``) are read once, when the facade is built; a
+decision depends only on them, the call's arguments and whether it is made inside one of our
+workers, so the same inputs always give the same decision.
 """
 
 from __future__ import annotations
