@@ -21,11 +21,22 @@ from typing import Any
 #: also knows it is inside a ce-parallel worker.
 IN_WORKER_ENV = "CE_PARALLEL_IN_WORKER"
 
+#: How often (seconds) a process worker checks that its parent is still alive. A worker whose
+#: parent was killed (SIGKILL, out of memory) exits within about this long; loky workers would
+#: otherwise keep running, or sit idle, for as long as their machine is up.
+PARENT_POLL_INTERVAL_S = 0.25
+#: Exit status of a process worker that stopped because its parent is gone.
+PARENT_GONE_EXIT_CODE = 70
+
 _local = threading.local()
 _process_worker = False
 _done_setups: set[str] = set()
 _setup_lock = threading.Lock()
 _blas_limits: list[Any] = []
+_watched_parent: int | None = None
+_hooks_done = False
+#: (hooks run, hooks failed) by this process's one-time setup, until a chunk reports it
+_hook_report: tuple[int, int] | None = None
 
 
 def in_worker() -> bool:
@@ -47,6 +58,8 @@ class WorkerSetup:
     blas_threads: int | None = None
     initializer: Callable[..., Any] | None = None
     init_args: tuple[Any, ...] = ()
+    #: pid of the process that owns the pool; a process worker exits when it is gone
+    parent_pid: int = 0
 
 
 @dataclass
@@ -76,6 +89,8 @@ class ChunkOutcome:
     error_index: int | None = None
     remote_traceback: str | None = None
     pid: int = 0
+    #: (hooks run, hooks failed) when this chunk's worker ran its fork-safety hooks
+    fork_hooks: tuple[int, int] | None = None
 
 
 class RemoteError(Exception):
@@ -96,13 +111,65 @@ def _ensure_setup(setup: WorkerSetup) -> None:
                 return
             _done_setups.add(setup.token)
         _process_worker = True
+        watch_parent(setup.parent_pid)
+        _run_fork_hooks_once()
         if setup.blas_threads is not None:
             _limit_numeric_threads(setup.blas_threads)
-        from .forksafety import run_fork_hooks
-
-        run_fork_hooks()
     if setup.initializer is not None:
         setup.initializer(*setup.init_args)
+
+
+def _run_fork_hooks_once() -> None:
+    # once per process, not per pool: joblib's workers are shared by every executor
+    global _hooks_done, _hook_report
+    with _setup_lock:
+        if _hooks_done:
+            return
+        _hooks_done = True
+    from .forksafety import hook_failures, run_fork_hooks
+
+    failed_before = hook_failures()
+    ran = run_fork_hooks()
+    failed = hook_failures() - failed_before
+    if ran or failed:
+        _hook_report = (ran, failed)
+
+
+def _take_hook_report() -> tuple[int, int] | None:
+    global _hook_report
+    report, _hook_report = _hook_report, None
+    return report
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Make this process exit on its own when ``parent_pid`` (its parent) dies.
+
+    A daemon thread polls the parent pid every ``PARENT_POLL_INTERVAL_S``: when the process has
+    been re-parented (its parent was killed), it exits at once with ``PARENT_GONE_EXIT_CODE``.
+    Polling rather than ``PR_SET_PDEATHSIG``: that signal fires when the *thread* that started
+    the worker ends, and joblib starts workers from whichever thread submits work. Idempotent;
+    0 means "the current parent". Also the loky ``initializer`` of the process strategy, so the
+    watch starts with the worker, not with its first chunk.
+    """
+    global _watched_parent, _process_worker
+    _process_worker = True
+    if os.name != "posix":  # pragma: no cover - a Windows parent's death is not observable so
+        return
+    expected = parent_pid or os.getppid()
+    with _setup_lock:
+        if _watched_parent is not None:
+            return
+        _watched_parent = expected
+    if os.getppid() != expected:
+        os._exit(PARENT_GONE_EXIT_CODE)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_INTERVAL_S)
+            if os.getppid() != expected:
+                os._exit(PARENT_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="ce-parallel-parent-watch", daemon=True).start()
 
 
 def _limit_numeric_threads(threads: int) -> None:
@@ -172,12 +239,23 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
     finally:
         _local.depth = depth
     busy = time.perf_counter() - started
+    hooks = _take_hook_report() if _hook_report is not None else None
     if exc is None:
-        return ChunkOutcome(job.start, results, busy, pid=os.getpid())
+        return ChunkOutcome(job.start, results, busy, pid=os.getpid(), fork_hooks=hooks)
     assert offset is not None
     remote_tb = _format(exc) if job.check_pickle else None
     error = _portable(exc) if job.check_pickle else exc
-    return ChunkOutcome(job.start, None, busy, error, job.start + offset, remote_tb, os.getpid())
+    return ChunkOutcome(
+        job.start, None, busy, error, job.start + offset, remote_tb, os.getpid(), hooks
+    )
 
 
-__all__ = ["ChunkJob", "ChunkOutcome", "RemoteError", "WorkerSetup", "in_worker", "run_chunk"]
+__all__ = [
+    "ChunkJob",
+    "ChunkOutcome",
+    "RemoteError",
+    "WorkerSetup",
+    "in_worker",
+    "run_chunk",
+    "watch_parent",
+]
