@@ -10,6 +10,7 @@ running work and release the pool (the hooks at the end of the class).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import uuid
@@ -128,6 +129,9 @@ class ParallelExecutor(ABC):
     name: ClassVar[str] = ""
     #: Whether work crosses a process boundary (so exceptions must be picklable).
     crosses_processes: ClassVar[bool] = False
+    #: The strategy that runs the map when this one's pool cannot start (``fallback="serial"``):
+    #: each step of the chain (processes -> threads -> sequential) emits one fallback record.
+    start_fallback: ClassVar[str] = "sequential"
 
     def __init__(
         self,
@@ -261,10 +265,16 @@ class ParallelExecutor(ABC):
         try:
             try:
                 self._start_pool()
+            except Exception as exc:
+                record["fallbacks"] = 1
+                results = self._start_failed(exc, fn, work, chunksize, deadline, seeds, bar, limit)
+                self.metrics.add(tasks_completed=len(results))
+                return results
+            try:
                 jobs = [self._job(fn, work, seeds, a, b) for a, b in chunks]
                 futures = self._submit_chunks(jobs)
             except Exception as exc:
-                # the pool could not start or refused the work: nothing ran, all is unfinished
+                # the pool refused the work: nothing ran, all is unfinished
                 failures = {i: exc for i in range(len(chunks))}
             else:
                 busy, failures = self._collect(futures, chunks, outcomes, deadline, bar, limit)
@@ -289,6 +299,61 @@ class ParallelExecutor(ABC):
             results.extend(part)
         self.metrics.add(tasks_completed=len(results))
         return results
+
+    def _start_failed(
+        self,
+        exc: Exception,
+        fn: Callable[..., Any],
+        work: list[Any],
+        chunksize: int | None,
+        deadline: float | None,
+        seeds: list[Any] | None,
+        bar: _Progress | None,
+        limit: float | None,
+    ) -> list[Any]:
+        """The pool could not start: run the whole map on the next strategy of the chain.
+
+        With ``fallback="raise"`` this raises ``BackendUnavailableError`` (or the more specific
+        error the cause shows) listing every item. Otherwise one fallback record names this
+        step; the substitute executor lives for this map only, so the next map tries this
+        strategy's pool again, and its own start failure is the next step of the chain.
+        """
+        error_type = classify_failure(exc)
+        if error_type is ParallelExecutionError:
+            error_type = BackendUnavailableError
+        recover = self.config.fallback_to_serial
+        following = self.start_fallback if recover else "raise"
+        self.metrics.add(fallbacks=1)
+        self._emit(
+            "fallback",
+            {
+                "strategy": self.name,
+                "stage": "start",
+                "cause": error_type.__name__,
+                "detail": f"{type(exc).__name__}: {exc}",
+                "chunks": "all",
+                "items": len(work),
+                "action": "serial" if following == "sequential" else following,
+            },
+        )
+        if not recover:
+            raise error_type(
+                f"strategy {self.name!r} could not start its pool: {type(exc).__name__}: {exc}",
+                incomplete=range(len(work)),
+            ) from exc
+        if following == "sequential" or following == self.name:
+            return self._run_serially(fn, work, seeds, deadline, bar)
+        from .strategies import strategy_class
+
+        substitute = strategy_class(following)(
+            self.config, max_workers=self.workers, resources=self.resources
+        )
+        # the caller's cancel() must reach the substitute's wait loop
+        substitute._cancel_event = self._cancel_event
+        try:
+            return substitute._map(fn, work, chunksize, deadline, seeds, bar, limit)
+        finally:
+            substitute.shutdown()
 
     def _job(
         self, fn: Callable[..., Any], work: list[Any], seeds: list[Any] | None, a: int, b: int
@@ -315,6 +380,7 @@ class ParallelExecutor(ABC):
             ),
             initializer=self.config.worker_initializer,
             init_args=tuple(self.config.worker_init_args or ()),
+            parent_pid=os.getpid(),
         )
 
     def _collect(
@@ -352,6 +418,17 @@ class ParallelExecutor(ABC):
                         failures[i] = exc
                         continue
                     busy += outcome.busy_seconds
+                    if outcome.fork_hooks is not None:
+                        ran, failed = outcome.fork_hooks
+                        self._emit(
+                            "fork_hooks",
+                            {
+                                "strategy": self.name,
+                                "pid": outcome.pid,
+                                "hooks": ran,
+                                "failed": failed,
+                            },
+                        )
                     if outcome.error is not None:
                         user_errors[i] = outcome
                     else:

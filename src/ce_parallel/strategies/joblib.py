@@ -38,6 +38,7 @@ class JoblibExecutor(ParallelExecutor):
 
     name = "joblib"
     crosses_processes = True
+    start_fallback = "threads"
     _parallel: Any = None
     _feeder: threading.Thread | None = None
     _stop: threading.Event | None = None

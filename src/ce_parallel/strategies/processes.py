@@ -8,13 +8,14 @@ numeric libraries at ``budget // workers`` threads, so workers x BLAS threads fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
 from ..executor import ParallelExecutor
 from ..resources import numeric_thread_env, threads_per_worker
-from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk
+from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk, watch_parent
 
 
 class ProcessExecutor(ParallelExecutor):
@@ -22,6 +23,7 @@ class ProcessExecutor(ParallelExecutor):
 
     name = "processes"
     crosses_processes = True
+    start_fallback = "threads"
     _pool: Any = None
 
     def _start_pool(self) -> None:
@@ -31,7 +33,14 @@ class ProcessExecutor(ParallelExecutor):
 
                 env = numeric_thread_env(threads_per_worker(self.budget.count, self.workers))
                 env[IN_WORKER_ENV] = "1"
-                self._pool = ProcessPoolExecutor(max_workers=self.workers, env=env)
+                # the watch starts with each worker, so a worker that never ran a chunk also
+                # exits when this process dies
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    env=env,
+                    initializer=watch_parent,
+                    initargs=(os.getpid(),),
+                )
 
     def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
