@@ -88,7 +88,7 @@ def test_every_runner_and_workload_has_statistics(document: dict[str, Any]) -> N
 def test_auto_choice_and_regret_are_reported(document: dict[str, Any]) -> None:
     for result in document["results"].values():
         auto = result["auto"]
-        assert set(auto) == {"chose", "median_s", "regret", "error"}
+        assert set(auto) == {"chose", "reasons", "median_s", "regret", "error"}
         assert result["best_fixed_strategy"] in ("sequential", "threads")
         if auto["error"] is None:
             assert auto["regret"] > 0

@@ -45,6 +45,8 @@ COLD_WORKLOADS: dict[str, tuple[str, ...] | None] = {
 #: Chunks per worker that the concurrent.futures and loky baselines use: the "good chunk size"
 #: of a careful user (n / 8 on 2 workers), which measured best for a reused process pool.
 BASELINE_CHUNKS_PER_WORKER = 4
+#: Idle-worker timeout of the loky baseline (joblib's value; loky's own default is 10 s).
+LOKY_IDLE_TIMEOUT_S = 300
 #: ce-parallel strategies measured as fixed choices (``auto`` is measured on its own).
 FIXED_STRATEGIES: tuple[str, ...] = ("sequential", "threads", "processes", "joblib", "dask")
 #: Runners that stand for what a user would use instead of ce-parallel.
@@ -273,7 +275,9 @@ def _loky_factory(workers: int) -> Callable[[], Any]:
     def factory() -> Any:
         from loky import get_reusable_executor
 
-        return get_reusable_executor(max_workers=workers)
+        # loky's default idle timeout (10 s) lets workers exit between interleaved runs, which
+        # would time a respawn instead of dispatch; joblib keeps them for 300 s, and so do we.
+        return get_reusable_executor(max_workers=workers, timeout=LOKY_IDLE_TIMEOUT_S)
 
     return factory
 
@@ -414,6 +418,7 @@ class Cell:
     correct: bool = True
     error: str | None = None
     choices: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
     def as_dict(self, serial_median: float | None) -> dict[str, Any]:
         """Statistics for the JSON document (``None`` where nothing was measured)."""
@@ -430,6 +435,8 @@ class Cell:
         out["speedup_vs_serial"] = serial_median / median if serial_median and median else None
         if self.choices:
             out["choices"] = sorted(set(self.choices))
+        if self.reasons:
+            out["reasons"] = sorted(set(self.reasons))
         return out
 
 
@@ -583,6 +590,9 @@ def _measure_once(runner: Runner, state: Any, case: Case, expected: list[Any], c
     choice = runner.choice(state)
     if choice:
         cell.choices.append(choice)
+        reason = getattr(getattr(state, "executor", None), "last_reason", None)
+        if isinstance(reason, str):
+            cell.reasons.append(reason)
     return f"{runner.name}={elapsed:.3f}"
 
 
@@ -668,6 +678,7 @@ def analyse(cells: dict[str, dict[str, Cell]]) -> dict[str, Any]:
             "best_fixed_median_s": fixed_ok.get(best_fixed) if best_fixed else None,
             "auto": {
                 "chose": auto.get("choices"),
+                "reasons": auto.get("reasons"),
                 "median_s": auto_median,
                 "regret": auto_median / fixed_ok[best_fixed]
                 if auto_median and best_fixed
