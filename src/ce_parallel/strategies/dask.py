@@ -224,6 +224,10 @@ class DaskExecutor(ParallelExecutor):
                     threads_per_worker=1,
                     processes=True,
                     dashboard_address=None,
+                    # The scheduler serves its health routes even without a dashboard, on port
+                    # 8787 unless told otherwise; any free port avoids clashing with (and warning
+                    # about) another cluster on a shared node.
+                    scheduler_kwargs={"dashboard_address": ":0"},
                     env=env,
                 )
                 try:
