@@ -180,6 +180,17 @@ class ParallelConfig:
         return dataclasses.replace(base if base is not None else cls(), **changes)
 
 
+def operator_switch(environ: Mapping[str, str] | None = None) -> bool | None:
+    """What the operator's ``CE_PARALLEL`` says about enabling: False (off), True (on), or None.
+
+    ``off`` is a kill switch that no code overrides; ``on`` or a strategy name forces parallel
+    work even where the facade would be cautious (for example in CI).
+    """
+    env = os.environ if environ is None else environ
+    enabled = parse_ce_parallel(env.get(ENV_MAIN, "")).get("enabled")
+    return None if enabled is None else bool(enabled)
+
+
 def parse_ce_parallel(raw: str) -> dict[str, Any]:
     """Parse a ``CE_PARALLEL`` value into ``ParallelConfig`` field changes.
 
@@ -241,4 +252,10 @@ def _env_error(token: str, why: str) -> ConfigurationError:
     )
 
 
-__all__ = ["CONSERVATIVE_STRATEGIES", "STRATEGIES", "ParallelConfig", "parse_ce_parallel"]
+__all__ = [
+    "CONSERVATIVE_STRATEGIES",
+    "STRATEGIES",
+    "ParallelConfig",
+    "operator_switch",
+    "parse_ce_parallel",
+]

@@ -38,7 +38,7 @@ from .config import (
     ENV_MAIN,
     STRATEGIES,
     ParallelConfig,
-    parse_ce_parallel,
+    operator_switch,
 )
 from .errors import ConfigurationError
 from .resources import Resources, detect_resources
@@ -178,9 +178,9 @@ class ParallelFacade:
         if telemetry is not None:
             merged = merged.replace(telemetry=telemetry)
         self.config: ParallelConfig = merged
-        operator = parse_ce_parallel(env.get(ENV_MAIN, ""))
-        self._operator_off = operator.get("enabled") is False
-        self._operator_forced = operator.get("enabled") is True
+        operator = operator_switch(env)
+        self._operator_off = operator is False
+        self._operator_forced = operator is True
         self._env_in_worker = env.get(IN_WORKER_ENV) == "1"
         self.resources: Resources = (
             resources
