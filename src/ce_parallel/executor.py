@@ -265,11 +265,14 @@ class ParallelExecutor(ABC):
         try:
             try:
                 self._start_pool()
-            except Exception as exc:
+            except Exception as start_error:
                 record["fallbacks"] = 1
-                results = self._start_failed(exc, fn, work, chunksize, deadline, seeds, bar, limit)
-                self.metrics.add(tasks_completed=len(results))
-                return results
+                done = self._start_failed(
+                    start_error, fn, work, chunksize, deadline, seeds, bar, limit
+                )
+                self.metrics.add(tasks_completed=len(done))
+                return done
+            failures: dict[int, BaseException]
             try:
                 jobs = [self._job(fn, work, seeds, a, b) for a, b in chunks]
                 futures = self._submit_chunks(jobs)
@@ -318,9 +321,10 @@ class ParallelExecutor(ABC):
         step; the substitute executor lives for this map only, so the next map tries this
         strategy's pool again, and its own start failure is the next step of the chain.
         """
-        error_type = classify_failure(exc)
-        if error_type is ParallelExecutionError:
-            error_type = BackendUnavailableError
+        # whatever the message says, no worker ran: the backend is what is unavailable
+        error_type: type[ParallelExecutionError] = BackendUnavailableError
+        if isinstance(exc, ParallelExecutionError):
+            error_type = type(exc)
         recover = self.config.fallback_to_serial
         following = self.start_fallback if recover else "raise"
         self.metrics.add(fallbacks=1)
