@@ -28,7 +28,7 @@ SCENARIO_TIMEOUT_S = 40.0
 EXIT_GRACE_S = 10.0
 
 PRELUDE = '''
-import json, os, signal, sys, threading, time
+import gc, json, os, signal, sys, threading, time
 import psutil
 from ce_parallel import ParallelConfig, create_executor
 
@@ -85,6 +85,7 @@ def settle(before, limit=5.0):
     """Wait until children, threads and fds are back to ``before``; return what is left."""
     deadline = time.monotonic() + limit
     while True:
+        gc.collect()  # a failed map's traceback cycles can hold a pipe until collected
         now = usage()
         if all(now[k] <= before[k] for k in before) or time.monotonic() > deadline:
             return now
