@@ -23,6 +23,20 @@ def _run_indexed(index: int, job: ChunkJob) -> tuple[int, ChunkOutcome]:
     return index, run_chunk(job)
 
 
+def _drop_queued_tasks() -> None:
+    # loky's manager thread, when told to kill workers, first drops its pending tasks and then
+    # still reads their ids from this queue: a KeyError kills the thread, and its queue feeder
+    # thread and pipes are never released. Emptying the queue first avoids that race; the
+    # dropped tasks' futures are failed by the shutdown as before.
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    work_ids = getattr(executor, "_work_ids", None)
+    with contextlib.suppress(Exception):
+        while work_ids is not None:
+            work_ids.get_nowait()
+
+
 def _shutdown_joblib_workers(kill: bool) -> None:
     # joblib keeps its loky executor in a module global and offers no public accessor that does
     # not create one; reading the global avoids starting workers just to stop them.
@@ -108,6 +122,8 @@ class JoblibExecutor(ParallelExecutor):
             parallel, self._parallel = self._parallel, None
         if parallel is None:
             return
+        if kill:
+            _drop_queued_tasks()
         if kill and self._feeder is not None:
             # joblib's own abort kills the busy workers; the running generator then fails fast
             with contextlib.suppress(Exception):
