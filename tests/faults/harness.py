@@ -92,6 +92,26 @@ def settle(before, limit=5.0):
         time.sleep(0.02)
 
 
+def running(pids):
+    """The pids that still run (a zombie has exited)."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_exit(pids, limit=5.0):
+    """Wait up to ``limit`` seconds for ``pids`` to exit; return those still running."""
+    deadline = time.monotonic() + limit
+    while running(pids) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return running(pids)
+
+
 def log_run(path, x):
     # one short O_APPEND write per call: lines of concurrent writers never interleave
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -261,6 +281,12 @@ def runs_by_item(log: str, parent: int) -> tuple[dict[int, int], dict[int, int]]
 def worker_pids(log: str, parent: int) -> set[int]:
     """The pids other than ``parent`` that appear in a run log."""
     return {int(line.split()[0]) for line in log.splitlines()} - {parent}
+
+
+def assert_settled(out: dict[str, Any]) -> None:
+    """The scenario's children, threads and fds went back to what they were before it."""
+    before, after = out["before"], out["after"]
+    assert all(after[k] <= before[k] for k in before), f"left behind: {before} -> {after}"
 
 
 def chunk_items(chunks: Iterable[int], chunksize: int, n: int) -> list[int]:

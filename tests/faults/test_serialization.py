@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from faults.harness import run_scenario
+from faults.harness import assert_settled, run_scenario
 
 BODY = """
 STRATEGY = {strategy!r}
@@ -64,4 +64,4 @@ def test_unpicklable_item_or_result_reruns_serially_or_raises(strategy: str) -> 
         assert raised["fallbacks"][0]["action"] == "raise"
         for mode in ("serial", "raise"):
             assert out["cases"][f"{case}-{mode}"]["again"] == [1, 2]
-    assert all(out["after"][k] <= out["before"][k] for k in out["before"])
+    assert_settled(out)

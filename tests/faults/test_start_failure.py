@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from faults.harness import run_scenario
+from faults.harness import assert_settled, run_scenario
 
 from ce_parallel import (
     BackendUnavailableError,
@@ -111,7 +111,7 @@ def test_missing_joblib_falls_back_to_threads_or_raises_backend_unavailable() ->
     assert "joblib" in record["detail"]
     raised = out["modes"]["raise"]
     assert raised["error"] == ["BackendUnavailableError", list(range(6))]
-    assert all(out["after"][k] <= out["before"][k] for k in out["before"])
+    assert_settled(out)
 
 
 def test_failing_telemetry_sinks_never_break_the_map(tmp_path, caplog, no_leaks) -> None:

@@ -11,6 +11,7 @@ import pytest
 from faults.harness import (
     Scenario,
     alive,
+    assert_settled,
     chunk_items,
     kill_group,
     run_scenario,
@@ -91,7 +92,7 @@ def test_worker_exit_falls_back_or_raises_with_incomplete_items(strategy: str, t
 
     for mode in ("serial", "raise"):
         assert out["modes"][mode]["again"] == [4, 3, 2, 1]  # the broken pool was replaced
-    assert all(out["after"][k] <= out["before"][k] for k in out["before"])
+    assert_settled(out)
 
 
 KILL_BODY = """
@@ -139,7 +140,7 @@ def test_sigkilled_worker_reruns_only_its_lost_chunks(tmp_path) -> None:
     check_rerun(out["log"], out["parent"], record, n, cs)
     assert out["again"] == [3, 2, 1]
     assert alive([out["victim"]]) == []
-    assert all(out["after"][k] <= out["before"][k] for k in out["before"])
+    assert_settled(out)
 
 
 PARENT_KILL_BODY = """
