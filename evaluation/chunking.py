@@ -34,6 +34,11 @@ CANDIDATES: tuple[int | None, ...] = (1, 2, 4, 8, 16, None)
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "chunking.json")
 
 
+def _load() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages: other processes on the machine skew timings."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def label(candidate: int | None) -> str:
     """Column name of a candidate: ``cpw=4`` or ``chunksize=1``."""
     return "chunksize=1" if candidate is None else f"cpw={candidate}"
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in STRATEGIES
     }
     started = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    load_before = _load()
     try:
         for executor in executors.values():
             executor.map(abs, list(range(64)))  # start the pool before timing
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_s": medians,
         "times_s": times,
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_after": _load(),
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -35,12 +35,14 @@ from .workloads import WORKLOAD_NAMES, WORKLOADS, Case, Workload
 SCHEMA_VERSION = 1
 #: Repeats per runner x workload in each mode.
 REPEATS: dict[str, int] = {"tiny": 2, "quick": 3, "full": 5}
-#: Workloads on which cold-start runners are measured. A cold start is dominated by pool
-#: creation, which the tiny workload isolates; the full run measures it on every workload.
+#: Workloads on which cold-start runners are measured (``None``: all). A cold start is dominated
+#: by pool creation, which the tiny workload isolates; the full run adds a coarse CPU workload
+#: (does the start amortise?) and a scikit-learn one (fresh workers pay its imports). Every
+#: workload would add ~5 s per repeat for the dask cluster alone.
 COLD_WORKLOADS: dict[str, tuple[str, ...] | None] = {
     "tiny": ("tiny",),
     "quick": ("tiny",),
-    "full": None,
+    "full": ("tiny", "cpu_coarse", "perturbation"),
 }
 #: Chunks per worker that the concurrent.futures and loky baselines use: the "good chunk size"
 #: of a careful user (n / 8 on 2 workers), which measured best for a reused process pool.
