@@ -1,0 +1,400 @@
+"""calibrated-explanations on ce-parallel: its ``ParallelConfig`` and ``ParallelExecutor``.
+
+Switching is one import line::
+
+    # from calibrated_explanations.parallel import ParallelConfig, ParallelExecutor
+    from ce_parallel.compat.calibrated_explanations import ParallelConfig, ParallelExecutor
+
+    executor = ParallelExecutor(ParallelConfig(enabled=True, strategy="processes"))
+    explainer = CalibratedExplainer(
+        learner, x_cal, y_cal, perf_parallel=executor,
+        factual_plugin="core.explanation.factual.instance_parallel",
+        alternative_plugin="core.explanation.alternative.instance_parallel",
+    )
+
+The executor speaks the protocol calibrated-explanations 1.0.2 reads (``config``, ``map(fn,
+items, *, workers, work_items, chunksize)``, ``metrics`` with a writable ``total_duration`` and
+``snapshot()``, ``active_strategy_name``, ``__enter__``/``__exit__``, ``cancel()``, pickling
+without the pool) and hands the work to a ce-parallel executor: pools that outlive one explain
+call, ordered results, recorded fallback when a worker dies, telemetry. Where the two differ:
+
+* ``__exit__`` without an error keeps the pool for the next explain call (calibrated-explanations
+  enters and leaves the executor around every call); ``shutdown()`` releases it, and so does
+  garbage collection or interpreter exit. ``__exit__`` after an error cancels and kills the pool.
+* ``strategy="auto"`` is ce-parallel's measuring selector, not an error.
+* An exception raised by the explained code propagates with its own type and is never re-run
+  serially; only failures of the machinery fall back (``force_serial_on_failure`` still makes
+  that fallback warn).
+* ``from_env`` rejects unknown ``CE_PARALLEL`` tokens instead of warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .. import telemetry
+from ..config import ENV_MAIN
+from ..config import ParallelConfig as CoreConfig
+from ..errors import ConfigurationError
+from ..executor import ParallelExecutor as CoreExecutor
+from ..executor import create_executor, default_chunksize
+from ..heuristics import CE_INSTANCE_CHUNK_ROWS, FACADE_MIN_INSTANCES
+from ..metrics import ParallelMetrics
+from ..resources import Resources
+
+StrategyName = Literal["auto", "threads", "processes", "joblib", "sequential", "dask"]
+
+#: Fields shared with ``ce_parallel.ParallelConfig``, passed through unchanged.
+_SHARED_FIELDS: tuple[str, ...] = (
+    "enabled",
+    "strategy",
+    "max_workers",
+    "min_batch_size",
+    "min_instances_for_parallel",
+    "tiny_workload_threshold",
+    "instance_chunk_size",
+    "task_size_hint_bytes",
+    "force_serial_on_failure",
+    "telemetry",
+    "worker_initializer",
+    "worker_init_args",
+    "timeout",
+    "fallback",
+    "telemetry_path",
+    "dask_address",
+)
+#: Strategies that need no process boundary, so a calibrator cache needs no reset before them.
+_IN_PROCESS_STRATEGIES = frozenset({"sequential", "threads"})
+_ON_WORDS = frozenset({"on", "1", "true", "enable", "yes"})
+_OFF_WORDS = frozenset({"off", "0", "false", "disable", "no"})
+
+
+@dataclass
+class ParallelConfig:
+    """calibrated-explanations' executor settings, same names, order and defaults.
+
+    The first fourteen fields are those of ``calibrated_explanations.parallel.ParallelConfig``
+    (1.0.2), so positional and keyword construction both carry over; the last four are
+    ce-parallel's (a per-map ``timeout``, ``fallback="serial"|"raise"``, a JSON-lines
+    ``telemetry_path``, a ``dask_address``). Every value is validated on construction and a bad
+    one raises ``ConfigurationError`` naming the field. ``feature_chunk_size`` is kept for
+    compatibility: calibrated-explanations 1.0.2 does not read it either.
+    """
+
+    enabled: bool = False
+    strategy: StrategyName = "auto"
+    max_workers: int | None = None
+    min_batch_size: int = 8
+    min_instances_for_parallel: int | None = None
+    tiny_workload_threshold: int | None = None
+    instance_chunk_size: int | None = None
+    feature_chunk_size: int | None = None
+    granularity: Literal["instance"] = "instance"
+    task_size_hint_bytes: int = 0
+    force_serial_on_failure: bool = False
+    telemetry: Callable[[str, dict[str, Any]], Any] | None = None
+    worker_initializer: Callable[..., Any] | None = None
+    worker_init_args: tuple[Any, ...] | None = None
+    # ce-parallel's own settings
+    timeout: float | None = None
+    fallback: Literal["serial", "raise"] = "serial"
+    telemetry_path: str | None = None
+    dask_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.granularity != "instance":
+            raise ConfigurationError(
+                f"ParallelConfig.granularity={self.granularity!r} is not accepted; expected "
+                "'instance' (calibrated-explanations parallelises over instances only)"
+            )
+        if self.feature_chunk_size is not None and (
+            isinstance(self.feature_chunk_size, bool)
+            or not isinstance(self.feature_chunk_size, int)
+            or self.feature_chunk_size < 1
+        ):
+            raise ConfigurationError(
+                f"ParallelConfig.feature_chunk_size={self.feature_chunk_size!r} is not "
+                "accepted; expected an integer >= 1 or None"
+            )
+        core = self.to_core()  # validates every shared field
+        self.worker_init_args = core.worker_init_args
+        self.telemetry_path = core.telemetry_path
+
+    def to_core(self) -> CoreConfig:
+        """The same settings as a ``ce_parallel.ParallelConfig`` (validated)."""
+        return CoreConfig(**{name: getattr(self, name) for name in _SHARED_FIELDS})
+
+    @classmethod
+    def from_core(cls, core: CoreConfig, **ce_only: Any) -> ParallelConfig:
+        """Build from a ``ce_parallel.ParallelConfig``; ``ce_only`` sets the fields it lacks."""
+        return cls(**{name: getattr(core, name) for name in _SHARED_FIELDS}, **ce_only)
+
+    def replace(self, **changes: Any) -> ParallelConfig:
+        """Return a validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, base: ParallelConfig | None = None, environ: Mapping[str, str] | None = None
+    ) -> ParallelConfig:
+        """Return ``base`` (or the defaults) with the ``CE_PARALLEL*`` variables applied.
+
+        The grammar is ce-parallel's (see ``ce_parallel.ParallelConfig.from_env``) plus the
+        tokens only calibrated-explanations knows: ``feature_chunk=N``,
+        ``force_serial=on|off`` and ``granularity=instance``. An unknown or malformed token
+        raises ``ConfigurationError`` naming it.
+        """
+        env = dict(os.environ if environ is None else environ)
+        start = base if base is not None else cls()
+        ce_only, rest = _split_ce_tokens(env.get(ENV_MAIN, ""))
+        env[ENV_MAIN] = ",".join(rest)
+        core = CoreConfig.from_env(base=start.to_core(), environ=env)
+        extras = {"feature_chunk_size": start.feature_chunk_size, "granularity": start.granularity}
+        config = cls.from_core(core, **extras)
+        return config.replace(**ce_only) if ce_only else config
+
+
+def _split_ce_tokens(raw: str) -> tuple[dict[str, Any], list[str]]:
+    """Take calibrated-explanations' own ``CE_PARALLEL`` tokens out of ``raw``."""
+    changes: dict[str, Any] = {}
+    rest: list[str] = []
+    for piece in raw.split(","):
+        token = piece.strip()
+        key, _, value = token.lower().replace(" ", "").partition("=")
+        if key == "feature_chunk":
+            if not value.isdigit() or int(value) < 1:
+                raise _token_error(token, "feature_chunk needs a whole number >= 1")
+            changes["feature_chunk_size"] = int(value)
+        elif key == "force_serial":
+            if value not in _ON_WORDS | _OFF_WORDS:
+                raise _token_error(token, "force_serial needs on or off")
+            changes["force_serial_on_failure"] = value in _ON_WORDS
+        elif key == "granularity":
+            if value != "instance":
+                raise _token_error(token, "granularity accepts only instance")
+            changes["granularity"] = "instance"
+        elif token:
+            rest.append(token)
+    return changes, rest
+
+
+def _token_error(token: str, why: str) -> ConfigurationError:
+    return ConfigurationError(f"{ENV_MAIN} token {token!r} is not accepted ({why})")
+
+
+def _as_config(config: Any) -> ParallelConfig:
+    if config is None:
+        return ParallelConfig()
+    if isinstance(config, ParallelConfig):
+        return config
+    if isinstance(config, CoreConfig):
+        return ParallelConfig.from_core(config)
+    if dataclasses.is_dataclass(config) and hasattr(config, "granularity"):
+        # calibrated-explanations' own ParallelConfig: the same field names
+        names = {f.name for f in dataclasses.fields(ParallelConfig)}
+        return ParallelConfig(
+            **{
+                f.name: getattr(config, f.name)
+                for f in dataclasses.fields(config)
+                if f.name in names
+            }
+        )
+    raise ConfigurationError(
+        f"config={config!r} is not accepted; expected a ParallelConfig (this module's, "
+        "ce_parallel's or calibrated-explanations') or None"
+    )
+
+
+class ParallelExecutor:
+    """The executor calibrated-explanations' explainers accept, running on ce-parallel.
+
+    ``config`` is the effective configuration: a copy of the one given, with
+    ``instance_chunk_size`` set to ``CE_INSTANCE_CHUNK_ROWS`` when it was unset, because
+    calibrated-explanations cuts the rows into tasks of that many before the executor sees them
+    (its own fallback, ``min_batch_size`` rows, spends more time on per-chunk set-up than on
+    explaining). Changes made to ``config`` afterwards apply from the next ``map``.
+
+    The pool is created on the first parallel ``map`` and reused by every later one, across
+    explain calls, until ``shutdown()`` or ``cancel()``. ``cache`` (calibrated-explanations'
+    calibrator cache) is reset before a process-based pool starts, as its own executor does.
+    """
+
+    def __init__(
+        self,
+        config: ParallelConfig | CoreConfig | None = None,
+        *,
+        cache: Any = None,
+        resources: Resources | None = None,
+    ) -> None:
+        given = _as_config(config)
+        chunk = given.instance_chunk_size or CE_INSTANCE_CHUNK_ROWS
+        self.config: ParallelConfig = given.replace(instance_chunk_size=chunk)
+        self.cache = cache
+        self.resources = resources
+        self.metrics = ParallelMetrics()
+        #: The strategy serving this executor while it is entered; ``"sequential"`` after a map
+        #: whose workers failed and whose work was re-run serially; None when disabled.
+        self.active_strategy_name: str | None = None
+        self._backend: CoreExecutor | None = None
+        self._backend_key: tuple[CoreConfig, int | None] | None = None
+        self._lock = threading.Lock()
+
+    # -- the protocol calibrated-explanations reads -------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        *,
+        workers: int | None = None,
+        work_items: int | None = None,
+        chunksize: int | None = None,
+    ) -> list[Any]:
+        """Return ``[fn(x) for x in items]``, on the pool when the work is large enough.
+
+        ``work_items`` is the caller's measure of the work (instances, or instances x
+        features); below ``min_instances_for_parallel`` (or ``tiny_workload_threshold``) the
+        loop runs serially, as in calibrated-explanations. ``workers`` caps the pool size (a
+        different value replaces the pool). ``chunksize`` is how many items travel to a worker
+        together; by default about ``CHUNKS_PER_WORKER`` chunks per worker, so tasks that share
+        one explainer pickle it once per chunk.
+        """
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
+            raise ConfigurationError(
+                f"workers={workers!r} is not accepted; expected an integer >= 1 or None"
+            )
+        work = list(items)
+        if not self.config.enabled or len(work) < 2:
+            return [fn(item) for item in work]
+        candidate = work_items if work_items is not None else len(work)
+        threshold = self._min_parallel_work()
+        if candidate < threshold:
+            return self._serially(fn, work, "below_min_instances", candidate, threshold)
+        backend = self._backend_for(workers)
+        if backend.workers < 2 and backend.name != "sequential":
+            return self._serially(fn, work, "no_cpu_budget", candidate, backend.workers)
+        size = chunksize or default_chunksize(len(work), backend.workers)
+        fallbacks_before = self.metrics.fallbacks
+        try:
+            return backend.map(fn, work, chunksize=size)
+        finally:
+            if self.metrics.fallbacks > fallbacks_before:
+                # calibrated-explanations warns after the call when it sees "sequential" here
+                self.active_strategy_name = "sequential"
+
+    def __enter__(self) -> ParallelExecutor:
+        """Mark the executor active; entering again (nested) changes nothing else."""
+        if self.config.enabled:
+            self.active_strategy_name = self.config.strategy
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """After an error cancel and kill the pool; otherwise keep it for the next call."""
+        if exc_type is not None:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """Stop a running ``map`` and kill the pool; the next ``map`` starts a fresh one."""
+        backend = self._detach()
+        if backend is not None:
+            backend.shutdown(cancel=True)
+        self.active_strategy_name = None
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Release the pool and every worker it started; waits for them unless ``cancel``.
+
+        The executor stays usable: a later ``map`` starts a new pool.
+        """
+        backend = self._detach()
+        if backend is not None:
+            backend.shutdown(cancel=cancel)
+        self.active_strategy_name = None
+
+    @property
+    def backend(self) -> CoreExecutor | None:
+        """The ce-parallel executor serving maps (None before the first parallel map)."""
+        return self._backend
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_backend=None, _backend_key=None)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(enabled={self.config.enabled}, "
+            f"strategy={self.config.strategy!r}, backend={self._backend!r})"
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _min_parallel_work(self) -> int:
+        # calibrated-explanations' gate: the instance threshold, raised by the tiny-work one
+        cfg = self.config
+        threshold = cfg.min_instances_for_parallel or max(
+            FACADE_MIN_INSTANCES, cfg.instance_chunk_size or cfg.min_batch_size
+        )
+        if cfg.tiny_workload_threshold is not None:
+            threshold = max(threshold, cfg.tiny_workload_threshold)
+        return threshold
+
+    def _serially(
+        self, fn: Callable[[Any], Any], work: list[Any], reason: str, work_items: int, limit: int
+    ) -> list[Any]:
+        telemetry.emit(
+            "decision",
+            {
+                "decision": "sequential",
+                "reason": reason,
+                "strategy": self.config.strategy,
+                "work_items": work_items,
+                "limit": limit,
+            },
+            callback=self.config.telemetry,
+            path=self.config.telemetry_path,
+        )
+        return [fn(item) for item in work]
+
+    def _backend_for(self, workers: int | None) -> CoreExecutor:
+        """The pooled ce-parallel executor for the current settings, created on first use."""
+        core = self.config.to_core()
+        cap = (
+            workers
+            if core.max_workers is None
+            else min(workers or core.max_workers, core.max_workers)
+        )
+        key = (core, cap)
+        with self._lock:
+            if self._backend is not None and self._backend_key == key:
+                return self._backend
+            stale, self._backend = self._backend, None
+        if stale is not None:
+            stale.shutdown()
+        if self.cache is not None and core.strategy not in _IN_PROCESS_STRATEGIES:
+            self.cache.forksafe_reset()
+        backend = create_executor(core, max_workers=cap, resources=self.resources)
+        backend.metrics = self.metrics
+        self.metrics.max_workers = backend.workers
+        with self._lock:
+            self._backend, self._backend_key = backend, key
+        return backend
+
+    def _detach(self) -> CoreExecutor | None:
+        with self._lock:
+            backend, self._backend, self._backend_key = self._backend, None, None
+        return backend
+
+
+__all__ = ["ParallelConfig", "ParallelExecutor"]
