@@ -22,12 +22,12 @@ import time
 from typing import Any
 
 from ce_parallel.bench.workloads import get_workload
-from ce_parallel.config import ParallelConfig
+from ce_parallel.config import ParallelConfig, StrategyName
 from ce_parallel.executor import create_executor
 from ce_parallel.heuristics import CHUNKS_PER_WORKER
 from ce_parallel.resources import cpu_budget
 
-STRATEGIES = ("processes", "threads")
+STRATEGIES: tuple[StrategyName, ...] = ("processes", "threads")
 WORKLOADS = ("tiny", "cpu_fine", "cpu_coarse")
 #: Chunks per worker to compare; ``None`` stands for chunksize=1 (one item per task).
 CANDIDATES: tuple[int | None, ...] = (1, 2, 4, 8, 16, None)

@@ -27,9 +27,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .workloads import WORKLOAD_NAMES, WORKLOADS, Case, Workload
+
+if TYPE_CHECKING:
+    from ce_parallel.config import StrategyName
 
 #: Schema version of the JSON document; bump when a key changes meaning.
 SCHEMA_VERSION = 1
@@ -126,7 +129,9 @@ class _CeState:
 def _ce_config(strategy: str, recorder: _ChoiceRecorder) -> Any:
     from ce_parallel.config import ParallelConfig
 
-    return ParallelConfig(enabled=True, strategy=strategy, full_matrix=True, telemetry=recorder)
+    return ParallelConfig(
+        enabled=True, strategy=cast("StrategyName", strategy), full_matrix=True, telemetry=recorder
+    )
 
 
 def _ce_start(strategy: str, workers: int) -> Callable[[], _CeState]:
@@ -195,7 +200,7 @@ def _facade_start(strategy: str | None) -> Callable[[], Any]:
         config = (
             ParallelConfig()
             if strategy is None
-            else ParallelConfig(enabled=True, strategy=strategy)
+            else ParallelConfig(enabled=True, strategy=cast("StrategyName", strategy))
         )
         facade = ParallelFacade(config)
         facade.map(warm_imports, _warmup_items(2))
@@ -484,11 +489,11 @@ def _blas_cap(threads: int) -> Iterator[dict[str, Any]]:
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
-        for name, value in saved.items():
-            if value is None:
+        for name, old in saved.items():
+            if old is None:
                 os.environ.pop(name, None)
             else:
-                os.environ[name] = value
+                os.environ[name] = old
 
 
 def _interleave(runners: Sequence[Runner], repeat: int) -> list[Runner]:
