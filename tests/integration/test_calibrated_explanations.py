@@ -1,0 +1,288 @@
+"""The real calibrated-explanations package, explaining through ce-parallel's drop-in executor.
+
+The reference for every comparison is calibrated-explanations' own executor running the same
+instance chunks serially: the package's instance-parallel plugins take some values
+(``sampled_values``, ``binned``) from the chunk a row is explained in, so explanations are
+compared for the same ``instance_chunk_size``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import signal
+import threading
+import time
+import warnings
+from typing import Any
+
+import pytest
+
+EXTRA = "needs the ce extra (pip install 'ce-parallel[ce]'): calibrated-explanations, scikit-learn"
+pytest.importorskip("calibrated_explanations", reason=EXTRA)
+pytest.importorskip("sklearn", reason=EXTRA)
+
+import numpy as np  # noqa: E402
+from calibrated_explanations import CalibratedExplainer  # noqa: E402
+from calibrated_explanations.parallel import ParallelConfig as TheirConfig  # noqa: E402
+from calibrated_explanations.parallel import ParallelExecutor as TheirExecutor  # noqa: E402
+from leakcheck import worker_children  # noqa: E402
+
+from ce_parallel.compat.calibrated_explanations import (  # noqa: E402
+    ParallelConfig,
+    ParallelExecutor,
+)
+from ce_parallel.errors import ConfigurationError  # noqa: E402
+
+ROWS = 40
+CHUNK_ROWS = 10  # four instance tasks, so every strategy really splits the work
+TREES = 10
+FEATURES = 10  # the first ten of the thirty columns keep each explain call short
+PLUGINS = {
+    "factual_plugin": "core.explanation.factual.instance_parallel",
+    "alternative_plugin": "core.explanation.alternative.instance_parallel",
+}
+#: How long the killer thread waits for a worker to start on a chunk before giving up.
+KILL_WAIT_S = 30.0
+#: CPU seconds a worker must have spent past its idle baseline to count as mid-chunk.
+BUSY_CPU_S = 0.02
+
+
+@dataclasses.dataclass
+class Data:
+    model: Any
+    x_cal: Any
+    y_cal: Any
+    x_test: Any
+
+
+@pytest.fixture(scope="module")
+def data() -> Data:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x[:, :FEATURES]
+    x_rest, x_test, y_rest, _ = train_test_split(x, y, test_size=ROWS, random_state=0)
+    x_fit, x_cal, y_fit, y_cal = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0)
+    model = RandomForestClassifier(n_estimators=TREES, random_state=0).fit(x_fit, y_fit)
+    return Data(model, x_cal, y_cal, x_test)
+
+
+def explainer(data: Data, executor: Any) -> CalibratedExplainer:
+    return CalibratedExplainer(
+        data.model, data.x_cal, data.y_cal, mode="classification", perf_parallel=executor, **PLUGINS
+    )
+
+
+def values(explanations: Any) -> list[tuple[Any, ...]]:
+    """Every number and rule of every explanation (the batch-wide probability table aside)."""
+    out = []
+    for item in explanations.explanations:
+        prediction = {k: v for k, v in item.prediction.items() if k != "__full_probabilities__"}
+        out.append(
+            (item.feature_weights, item.feature_predict, prediction, item.rules, item.binned)
+        )
+    return out
+
+
+def explain_both(data: Data, target: CalibratedExplainer) -> tuple[list[Any], list[Any]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return (
+            values(target.explain_factual(data.x_test)),
+            values(target.explore_alternatives(data.x_test)),
+        )
+
+
+@pytest.fixture(scope="module")
+def reference(data: Data) -> tuple[list[Any], list[Any]]:
+    """calibrated-explanations' own executor, the same chunks, run one after another."""
+    theirs = TheirExecutor(
+        TheirConfig(enabled=True, strategy="sequential", instance_chunk_size=CHUNK_ROWS)
+    )
+    return explain_both(data, explainer(data, theirs))
+
+
+def executor_for(strategy: str, **settings: Any) -> ParallelExecutor:
+    return ParallelExecutor(
+        ParallelConfig(enabled=True, strategy=strategy, instance_chunk_size=CHUNK_ROWS, **settings)
+    )
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "threads", "processes", "joblib"])
+def test_explanations_equal_the_serial_run_on_every_strategy(
+    data: Data, reference: tuple[list[Any], list[Any]], strategy: str
+) -> None:
+    executor = executor_for(strategy)
+    try:
+        factual, alternatives = explain_both(data, explainer(data, executor))
+        np.testing.assert_equal(factual, reference[0])
+        np.testing.assert_equal(alternatives, reference[1])
+        assert len(factual) == len(alternatives) == ROWS
+        # the work went through our executor: one map per explain call, four tasks each
+        snapshot = executor.metrics.snapshot()
+        assert snapshot["maps"] == 2
+        assert snapshot["tasks_completed"] == 2 * (ROWS // CHUNK_ROWS)
+        assert executor.backend is not None and executor.backend.name == strategy
+        assert snapshot["fallbacks"] == 0
+    finally:
+        executor.shutdown()
+
+
+def test_the_pool_survives_across_explain_calls(data: Data) -> None:
+    executor = executor_for("processes")
+    target = explainer(data, executor)
+    try:
+        seen = []
+        for _ in range(3):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                target.explain_factual(data.x_test)
+            backend = executor.backend
+            assert backend is not None
+            seen.append((backend, backend._pool, {p.pid for p in worker_children()}))
+        backends, pools, pids = zip(*seen, strict=True)
+        assert len({id(b) for b in backends}) == 1
+        assert len({id(p) for p in pools}) == 1 and pools[0] is not None
+        assert pids[0] and pids[0] == pids[1] == pids[2]
+        assert executor.metrics.snapshot()["maps"] == 3
+    finally:
+        executor.shutdown()
+    assert executor.backend is None
+    deadline = time.monotonic() + 10
+    while worker_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert worker_children() == []
+
+
+def _kill_a_busy_worker(killed: list[int], stop: threading.Event) -> None:
+    """Kill the first worker seen running a chunk (its CPU time grows past its idle baseline)."""
+    import psutil
+
+    baseline: dict[int, float] = {}
+    deadline = time.monotonic() + KILL_WAIT_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        for child in worker_children():
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            used = times.user + times.system
+            if used - baseline.setdefault(child.pid, used) >= BUSY_CPU_S:
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
+                return
+        time.sleep(0.005)
+
+
+def test_a_worker_killed_mid_explain_falls_back_to_identical_explanations(
+    data: Data, reference: tuple[list[Any], list[Any]]
+) -> None:
+    records: list[tuple[str, dict[str, Any]]] = []
+    executor = executor_for("processes", telemetry=lambda event, rec: records.append((event, rec)))
+    target = explainer(data, executor)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            target.explain_factual(data.x_test)  # starts the pool, so the kill lands mid-map
+        killed: list[int] = []
+        stop = threading.Event()
+        killer = threading.Thread(target=_kill_a_busy_worker, args=(killed, stop))
+        killer.start()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                factual = values(target.explain_factual(data.x_test))
+        finally:
+            stop.set()
+            killer.join()
+        assert killed, "no worker was seen running a chunk"
+        np.testing.assert_equal(factual, reference[0])
+        assert executor.metrics.fallbacks >= 1
+        assert any(event == "fallback" for event, _ in records)
+        # calibrated-explanations sees the fallback and makes it visible to its user
+        assert any("fell back to sequential" in str(w.message) for w in caught)
+        # the next call starts a fresh pool and runs in parallel again
+        _, alternatives = explain_both(data, target)
+        np.testing.assert_equal(alternatives, reference[1])
+        assert executor.active_strategy_name == "processes"
+    finally:
+        executor.shutdown()
+
+
+def test_the_executor_pickles_without_its_pool(data: Data) -> None:
+    executor = executor_for("threads")
+    try:
+        assert executor.map(abs, range(-20, 0)) == list(range(20, 0, -1))
+        live = executor.backend
+        assert live is not None
+        clone = pickle.loads(pickle.dumps(executor))
+        assert clone.backend is None
+        assert clone.config == executor.config
+        assert clone.metrics.snapshot()["maps"] == executor.metrics.snapshot()["maps"] == 1
+        assert clone.map(abs, range(-20, 0)) == list(range(20, 0, -1))
+        assert executor.backend is live  # pickling did not touch the original's pool
+        # and an explainer carrying it pickles too (calibrated-explanations drops the executor)
+        assert pickle.loads(pickle.dumps(explainer(data, executor))) is not None
+        clone.shutdown()
+    finally:
+        executor.shutdown()
+
+
+def test_entering_twice_is_safe_and_an_error_cancels_the_pool() -> None:
+    executor = executor_for("threads")
+    with executor, executor:
+        assert executor.active_strategy_name == "threads"
+        executor.map(abs, range(-20, 0))
+    assert executor.backend is not None  # kept for the next explain call
+    with pytest.raises(KeyError), executor:
+        raise KeyError("boom")
+    assert executor.backend is None and executor.active_strategy_name is None
+    assert executor.map(abs, range(-20, 0)) == list(range(20, 0, -1))
+    executor.shutdown()
+
+
+def test_small_or_disabled_work_stays_in_the_caller() -> None:
+    records: list[tuple[str, dict[str, Any]]] = []
+    executor = ParallelExecutor(
+        ParallelConfig(
+            enabled=True, strategy="processes", telemetry=lambda e, r: records.append((e, r))
+        )
+    )
+    # below min_instances_for_parallel (the row chunk, 100 by default): no pool is started
+    assert executor.map(abs, [-1, -2, -3], work_items=50) == [1, 2, 3]
+    assert executor.backend is None
+    assert records[-1][0] == "decision" and records[-1][1]["reason"] == "below_min_instances"
+    disabled = ParallelExecutor(ParallelConfig(strategy="processes"))
+    assert disabled.map(abs, [-1, -2]) == [1, 2] and disabled.backend is None
+
+
+def test_config_matches_calibrated_explanations_field_for_field() -> None:
+    theirs = dataclasses.fields(TheirConfig)
+    ours = dataclasses.fields(ParallelConfig)[: len(theirs)]
+    assert [f.name for f in ours] == [f.name for f in theirs]
+    assert [f.default for f in ours] == [f.default for f in theirs]
+    with pytest.raises(ConfigurationError, match="granularity"):
+        ParallelConfig(granularity="feature")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="max_workers"):
+        ParallelConfig(max_workers=0)
+    # an existing calibrated-explanations config is accepted as it is
+    executor = ParallelExecutor(TheirConfig(enabled=True, strategy="threads", max_workers=2))
+    assert executor.config.strategy == "threads" and executor.config.max_workers == 2
+    # unset instance_chunk_size resolves to rows that amortise a task's set-up
+    assert executor.config.instance_chunk_size is not None
+    assert executor.config.instance_chunk_size > TheirConfig().min_batch_size
+
+
+def test_from_env_reads_both_grammars() -> None:
+    environ = {"CE_PARALLEL": "processes,workers=2,feature_chunk=4,force_serial=on"}
+    config = ParallelConfig.from_env(environ=environ)
+    assert (config.enabled, config.strategy, config.max_workers) == (True, "processes", 2)
+    assert config.feature_chunk_size == 4 and config.force_serial_on_failure is True
+    with pytest.raises(ConfigurationError, match="granularity"):
+        ParallelConfig.from_env(environ={"CE_PARALLEL": "granularity=feature"})
+    with pytest.raises(ConfigurationError, match="bogus"):
+        ParallelConfig.from_env(environ={"CE_PARALLEL": "bogus"})
