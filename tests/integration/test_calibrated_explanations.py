@@ -286,3 +286,16 @@ def test_from_env_reads_both_grammars() -> None:
         ParallelConfig.from_env(environ={"CE_PARALLEL": "granularity=feature"})
     with pytest.raises(ConfigurationError, match="bogus"):
         ParallelConfig.from_env(environ={"CE_PARALLEL": "bogus"})
+
+
+def test_the_example_runs_and_finds_identical_explanations(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "calibrated_explanations_parallel.py"
+    example = runpy.run_path(str(path))
+    example["main"](["--quick", "--strategy", "threads"])
+    out = capsys.readouterr().out
+    assert "explanations identical: yes (40 factual, 40 alternative)" in out
