@@ -81,7 +81,7 @@ def usage():
     }
 
 
-def settle(before, limit=5.0):
+def settle(before, limit=10.0):
     """Wait until children, threads and fds are back to ``before``; return what is left."""
     deadline = time.monotonic() + limit
     while True:
