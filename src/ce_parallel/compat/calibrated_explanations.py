@@ -379,16 +379,17 @@ class ParallelExecutor:
         with self._lock:
             if self._backend is not None and self._backend_key == key:
                 return self._backend
-            stale, self._backend = self._backend, None
+            stale = self._backend
+            if self.cache is not None and core.strategy not in _IN_PROCESS_STRATEGIES:
+                self.cache.forksafe_reset()
+            # creating an executor starts no pool (that happens on its first map): cheap enough
+            # to hold the lock, so two threads never build two pools
+            backend = create_executor(core, max_workers=cap, resources=self.resources)
+            backend.metrics = self.metrics
+            self.metrics.max_workers = backend.workers
+            self._backend, self._backend_key = backend, key
         if stale is not None:
             stale.shutdown()
-        if self.cache is not None and core.strategy not in _IN_PROCESS_STRATEGIES:
-            self.cache.forksafe_reset()
-        backend = create_executor(core, max_workers=cap, resources=self.resources)
-        backend.metrics = self.metrics
-        self.metrics.max_workers = backend.workers
-        with self._lock:
-            self._backend, self._backend_key = backend, key
         return backend
 
     def _detach(self) -> CoreExecutor | None:
