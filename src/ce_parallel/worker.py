@@ -232,9 +232,11 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
         if job.setup is not None:
             try:
                 _ensure_setup(job.setup)
-            except Exception as exc:
-                error = _portable(exc) if job.check_pickle else exc
-                return ChunkOutcome(job.start, None, 0.0, error, None, _format(exc), os.getpid())
+            except Exception as init_error:
+                error = _portable(init_error) if job.check_pickle else init_error
+                return ChunkOutcome(
+                    job.start, None, 0.0, error, None, _format(init_error), os.getpid()
+                )
         results, offset, exc = run_items(job.fn, job.items, job.seeds)
     finally:
         _local.depth = depth
