@@ -26,6 +26,10 @@ call, ordered results, recorded fallback when a worker dies, telemetry. Where th
   serially; only failures of the machinery fall back (``force_serial_on_failure`` still makes
   that fallback warn).
 * ``from_env`` rejects unknown ``CE_PARALLEL`` tokens instead of warning.
+* An unset ``instance_chunk_size`` means ``CE_INSTANCE_CHUNK_ROWS`` rows a task, not
+  ``min_batch_size``. calibrated-explanations takes a few values of an explanation
+  (``sampled_values`` and ``binned`` of its rules) from the chunk of rows it is explained in, so
+  these follow the chunk size; set ``instance_chunk_size`` to keep them equal to another run's.
 """
 
 from __future__ import annotations
