@@ -1,26 +1,25 @@
-"""``JoblibExecutor``: chunks run through ``joblib.Parallel`` on its loky backend.
+"""``JoblibExecutor``: chunks run on joblib's loky backend, configured by ``joblib.Parallel``.
 
-One ``Parallel`` object is entered once and reused by every map (joblib's managed mode), which
-removes joblib's per-call setup. A feeder thread consumes joblib's unordered generator and
-completes one future per chunk, so waiting, deadlines and cancellation work exactly as for the
-other strategies. The workers belong to joblib's process-wide reusable loky executor:
-``shutdown()`` shuts that executor down, which also affects other joblib users in the process.
+One ``Parallel`` object is entered once (joblib's managed mode) and kept for the executor's life,
+so its backend, with joblib's memory-mapping of large arrays and its numeric-thread caps in the
+workers, is configured once. Chunks go straight to that backend's ``submit``, which returns one
+future per chunk: no per-call dispatch machinery, no feeder thread, and waiting, deadlines and
+cancellation work exactly as for the other strategies.
+
+The workers belong to joblib's process-wide reusable loky executor: ``shutdown()`` shuts that
+executor down, which also ends the workers of other joblib users in the process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
+import functools
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
 from ..executor import ParallelExecutor
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
-
-
-def _run_indexed(index: int, job: ChunkJob) -> tuple[int, ChunkOutcome]:
-    return index, run_chunk(job)
 
 
 def _drop_queued_tasks() -> None:
@@ -48,74 +47,35 @@ def _shutdown_joblib_workers(kill: bool) -> None:
 
 
 class JoblibExecutor(ParallelExecutor):
-    """Runs chunks with ``joblib.Parallel`` (loky backend), kept open across maps."""
+    """Runs chunks on joblib's loky backend, kept configured across maps."""
 
     name = "joblib"
     crosses_processes = True
     start_fallback = "threads"
     _parallel: Any = None
-    _feeder: threading.Thread | None = None
-    _stop: threading.Event | None = None
 
     def _start_pool(self) -> None:
         with self._pool_lock:
             if self._parallel is None:
                 from joblib import Parallel
 
-                parallel = Parallel(
-                    n_jobs=self.workers,
-                    backend="loky",
-                    return_as="generator_unordered",
-                    batch_size=1,  # chunks are already batched
-                    pre_dispatch="all",
-                )
+                parallel = Parallel(n_jobs=self.workers, backend="loky")
                 parallel.__enter__()
                 self._parallel = parallel
 
     def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        from joblib import delayed
-
-        self._join_feeder()
-        futures: list[Future[ChunkOutcome]] = [Future() for _ in jobs]
-        for fut in futures:
-            # joblib cannot withdraw a single task: these futures are "running" from the start
-            fut.set_running_or_notify_cancel()
-        stop = threading.Event()
-        parallel = self._parallel
-        tasks = [delayed(_run_indexed)(i, job) for i, job in enumerate(jobs)]
-
-        def feed() -> None:
-            try:
-                results = parallel(tasks)
-                for index, outcome in results:
-                    futures[index].set_result(outcome)
-                    if stop.is_set():
-                        results.close()  # joblib aborts the tasks still queued or running
-                        break
-            except BaseException as exc:
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            finally:
-                for fut in futures:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("joblib stopped before this chunk ran"))
-
-        self._stop = stop
-        self._feeder = threading.Thread(target=feed, name="ce-parallel-joblib-feeder", daemon=True)
-        self._feeder.start()
-        return futures
-
-    def _join_feeder(self) -> None:
-        feeder, self._feeder = self._feeder, None
-        if feeder is not None:
-            feeder.join()
+        backend = self._parallel._backend
+        if getattr(backend, "_workers", None) is None:
+            # joblib runs a single worker as its sequential backend, which has no pool
+            return [_completed(run_chunk(job)) for job in jobs]
+        return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
 
     def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
-        if self._stop is not None:
-            self._stop.set()
         if kill:
             self._release_pool(kill=True)
+        else:
+            for fut in pending:
+                fut.cancel()
 
     def _release_pool(self, kill: bool) -> None:
         with self._pool_lock:
@@ -124,11 +84,14 @@ class JoblibExecutor(ParallelExecutor):
             return
         if kill:
             _drop_queued_tasks()
-        if kill and self._feeder is not None:
-            # joblib's own abort kills the busy workers; the running generator then fails fast
             with contextlib.suppress(Exception):
-                parallel._abort()
-        self._join_feeder()
+                parallel._backend.abort_everything(ensure_ready=False)
         with contextlib.suppress(Exception):
             parallel.__exit__(None, None, None)
         _shutdown_joblib_workers(kill=kill)
+
+
+def _completed(outcome: ChunkOutcome) -> Future[ChunkOutcome]:
+    fut: Future[ChunkOutcome] = Future()
+    fut.set_result(outcome)
+    return fut
