@@ -25,18 +25,19 @@ from typing import Any
 from . import __version__
 from .config import ENV_DASK_ADDRESS, ENV_FULL, ENV_MAIN, ENV_TELEMETRY, ParallelConfig
 from .errors import ConfigurationError
+from .worker import IN_WORKER_ENV
 
 #: Exit status when a ``CE_PARALLEL*`` variable is invalid (argparse uses 2 for usage errors too).
 EXIT_BAD_CONFIG = 2
 EXIT_OK = 0
 
-#: The variables doctor reports; ``CE_PARALLEL_IN_WORKER`` is set by ce-parallel in its workers.
+#: The variables doctor reports; ``IN_WORKER_ENV`` is set by ce-parallel in its workers.
 REPORTED_VARIABLES: tuple[str, ...] = (
     ENV_MAIN,
     ENV_FULL,
     ENV_TELEMETRY,
     ENV_DASK_ADDRESS,
-    "CE_PARALLEL_IN_WORKER",
+    IN_WORKER_ENV,
 )
 
 #: Distributions doctor reports: (distribution, import name, what ce-parallel uses it for).

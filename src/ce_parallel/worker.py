@@ -18,8 +18,9 @@ from operator import length_hint
 from typing import Any
 
 #: Set in the environment of process workers we start, so that anything they launch in turn
-#: also knows it is inside a ce-parallel worker.
-IN_WORKER_ENV = "CE_PARALLEL_IN_WORKER"
+#: also knows it is inside a ce-parallel worker. Deliberately not ``CE_``-prefixed: libraries
+#: such as calibrated-explanations warn about ``CE_*`` variables they do not know.
+IN_WORKER_ENV = "CEPARALLEL_IN_WORKER"
 
 #: How often (seconds) a process worker checks that its parent is still alive. A worker whose
 #: parent was killed (SIGKILL, out of memory) exits within about this long; loky workers would

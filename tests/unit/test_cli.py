@@ -16,7 +16,7 @@ _CE_VARIABLES = (
     "CE_PARALLEL",
     "CE_PARALLEL_FULL",
     "CE_PARALLEL_TELEMETRY",
-    "CE_PARALLEL_IN_WORKER",
+    "CEPARALLEL_IN_WORKER",
 )
 # CI variables the CI detection reads; cleared so a test's outcome does not depend on the runner
 _CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "TF_BUILD", "JENKINS_URL")

@@ -158,7 +158,7 @@ def test_operator_off() -> None:
 
 
 def test_nested_worker_from_the_environment_of_a_process_worker() -> None:
-    d = facade(THREADS, {"CE_PARALLEL_IN_WORKER": "1"}).decide_use_parallel(*BIG)
+    d = facade(THREADS, {"CEPARALLEL_IN_WORKER": "1"}).decide_use_parallel(*BIG)
     assert d.reason == "nested_worker"
 
 
@@ -310,7 +310,7 @@ def test_every_reason_code_is_reached_by_the_tests_above(quiet: None) -> None:
         facade(THREADS).decide_use_parallel(*BIG).reason,
         facade(ParallelConfig(enabled=True, strategy="auto")).decide_use_parallel(*BIG).reason,
         facade(THREADS, {"CE_PARALLEL": "off"}).decide_use_parallel(*BIG).reason,
-        facade(THREADS, {"CE_PARALLEL_IN_WORKER": "1"}).decide_use_parallel(*BIG).reason,
+        facade(THREADS, {"CEPARALLEL_IN_WORKER": "1"}).decide_use_parallel(*BIG).reason,
         facade().decide_use_parallel(*BIG).reason,
         facade().decide_use_parallel(*BIG, executor=SpyExecutor(enabled=False)).reason,
         facade(THREADS, resources=machine(1)).decide_use_parallel(*BIG).reason,
