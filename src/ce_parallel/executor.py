@@ -100,7 +100,9 @@ class _Progress:
         except ImportError:
             self._bar = None
         else:
+            had_monitor = getattr(tqdm, "monitor", None) is not None
             self._bar = tqdm(total=total, desc=label, leave=False)
+            self._owns_monitor = not had_monitor
 
     def update(self, count: int) -> None:
         self.done += count
@@ -111,8 +113,16 @@ class _Progress:
             telemetry.logger.info("%s: %d/%d items", self.label, self.done, self.total)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        if self._bar is None:
+            return
+        bar_class = type(self._bar)
+        self._bar.close()
+        # tqdm starts a monitor thread with the first bar and never stops it; stop the one our
+        # bar started once no bar is left, so a map leaves no thread behind
+        monitor = getattr(bar_class, "monitor", None)
+        if self._owns_monitor and monitor is not None and not bar_class._instances:
+            monitor.exit()
+            bar_class.monitor = None
 
 
 class ParallelExecutor(ABC):
@@ -251,14 +261,8 @@ class ParallelExecutor(ABC):
     ) -> list[Any]:
         started = time.perf_counter()
         chunks = self.plan_chunks(len(work), chunksize)
-        record: dict[str, Any] = {
-            "strategy": self.name,
-            "items": len(work),
-            "chunks": len(chunks),
-            "workers": self.workers,
-            "fallbacks": 0,
-            "error": None,
-        }
+        fallbacks = 0
+        error: BaseException | None = None
         self.metrics.add(tasks_submitted=len(work), chunks=len(chunks), maps=1)
         outcomes: list[list[Any] | None] = [None] * len(chunks)
         busy = 0.0
@@ -266,7 +270,7 @@ class ParallelExecutor(ABC):
             try:
                 self._start_pool()
             except Exception as start_error:
-                record["fallbacks"] = 1
+                fallbacks = 1
                 done = self._start_failed(
                     start_error, fn, work, chunksize, deadline, seeds, bar, limit
                 )
@@ -282,20 +286,27 @@ class ParallelExecutor(ABC):
             else:
                 busy, failures = self._collect(futures, chunks, outcomes, deadline, bar, limit)
             if failures:
-                record["fallbacks"] = 1
+                fallbacks = 1
                 self._fall_back(fn, work, seeds, chunks, outcomes, failures, deadline, bar)
         except BaseException as exc:
-            record["error"] = type(exc).__name__
+            error = exc
             raise
         finally:
             wall = time.perf_counter() - started
             self.metrics.add(total_duration=wall, busy_time=busy)
-            record.update(
-                wall_time_s=round(wall, 6),
-                busy_time_s=round(busy, 6),
-                utilisation_pct=round(100.0 * busy / (self.workers * wall) if wall > 0 else 0.0, 2),
+            self._emit(
+                "run",
+                telemetry.run_record(
+                    strategy=self.name,
+                    items=len(work),
+                    chunks=len(chunks),
+                    workers=self.workers,
+                    wall_time_s=wall,
+                    busy_time_s=busy,
+                    fallbacks=fallbacks,
+                    error=error,
+                ),
             )
-            self._emit("run", record)
         results: list[Any] = []
         for part in outcomes:
             assert part is not None
@@ -330,15 +341,14 @@ class ParallelExecutor(ABC):
         self.metrics.add(fallbacks=1)
         self._emit(
             "fallback",
-            {
-                "strategy": self.name,
-                "stage": "start",
-                "cause": error_type.__name__,
-                "detail": f"{type(exc).__name__}: {exc}",
-                "chunks": "all",
-                "items": len(work),
-                "action": "serial" if following == "sequential" else following,
-            },
+            telemetry.fallback_record(
+                strategy=self.name,
+                cause=error_type.__name__,
+                failure=exc,
+                action="serial" if following == "sequential" else following,
+                items=len(work),
+                stage="start",
+            ),
         )
         if not recover:
             raise error_type(
@@ -495,14 +505,14 @@ class ParallelExecutor(ABC):
         recover = self.config.fallback_to_serial
         self._emit(
             "fallback",
-            {
-                "strategy": self.name,
-                "cause": error_type.__name__,
-                "detail": f"{type(first).__name__}: {first}",
-                "chunks": unfinished,
-                "items": len(items),
-                "action": "serial" if recover else "raise",
-            },
+            telemetry.fallback_record(
+                strategy=self.name,
+                cause=error_type.__name__,
+                failure=first,
+                action="serial" if recover else "raise",
+                items=len(items),
+                chunks=unfinished,
+            ),
         )
         if not recover:
             raise error_type(

@@ -481,7 +481,7 @@ class ParallelFacade:
         seed: Any,
     ) -> list[R]:
         """Run on a caller's executor; its infrastructure failures fall back like ours do."""
-        from .executor import spawn_seeds
+        from .executor import classify_failure, spawn_seeds
 
         call: Callable[..., Any] = fn
         args: list[Any] = work
@@ -500,7 +500,11 @@ class ParallelFacade:
             self._emit(
                 "fallback",
                 fallback_record(
-                    strategy=decision.strategy, cause=exc, action=action, incomplete=len(work)
+                    strategy=decision.strategy,
+                    cause=classify_failure(exc).__name__,
+                    failure=exc,
+                    action=action,
+                    items=len(work),
                 ),
             )
             if action == "raise":
@@ -511,23 +515,18 @@ class ParallelFacade:
             error = exc
             raise
         finally:
+            # a caller's executor reports neither its chunks nor the time its workers were busy
             record = run_record(
                 strategy=decision.strategy,
                 items=len(work),
-                chunks=len(work),
+                chunks=None,
                 workers=decision.workers,
-                wall_time=time.perf_counter() - started,
-                busy_time=0.0,
+                wall_time_s=time.perf_counter() - started,
+                busy_time_s=None,
                 fallbacks=fallbacks,
                 error=error,
             )
-            # a caller's executor reports neither its chunks nor the time its workers were busy
-            record.update(
-                chunks=None,
-                busy_time=None,
-                utilisation_pct=None,
-                executor_type=decision.executor_type,
-            )
+            record["executor_type"] = decision.executor_type
             self._emit("run", record)
         return results
 

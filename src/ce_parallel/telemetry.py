@@ -96,28 +96,32 @@ def run_record(
     *,
     strategy: str,
     items: int,
-    chunks: int,
+    chunks: int | None,
     workers: int,
-    wall_time: float,
-    busy_time: float,
+    wall_time_s: float,
+    busy_time_s: float | None,
     fallbacks: int = 0,
     error: BaseException | None = None,
 ) -> dict[str, Any]:
     """The payload of a ``run`` record: one parallel map, finished or failed.
 
-    ``utilisation_pct`` is busy time / (workers x wall time), capped at 100; ``error`` is the
-    class name of the exception that ended the map, or None.
+    ``utilisation_pct`` is busy time / (workers x wall time), capped at 100 (None when the
+    busy time is unknown, as on a caller's own executor); ``error`` is the class name of the
+    exception that ended the map, or None.
     """
-    capacity = workers * wall_time
-    utilisation = 0.0 if capacity <= 0 else min(100.0, 100.0 * busy_time / capacity)
+    capacity = workers * wall_time_s
+    if busy_time_s is None:
+        utilisation: float | None = None
+    else:
+        utilisation = 0.0 if capacity <= 0 else round(min(100.0, 100.0 * busy_time_s / capacity), 2)
     return {
         "strategy": strategy,
         "items": items,
         "chunks": chunks,
         "workers": workers,
-        "wall_time": wall_time,
-        "busy_time": busy_time,
-        "utilisation_pct": round(utilisation, 2),
+        "wall_time_s": round(wall_time_s, 6),
+        "busy_time_s": None if busy_time_s is None else round(busy_time_s, 6),
+        "utilisation_pct": utilisation,
         "fallbacks": fallbacks,
         "error": None if error is None else type(error).__name__,
     }
@@ -126,25 +130,30 @@ def run_record(
 def fallback_record(
     *,
     strategy: str,
-    cause: BaseException | str,
+    cause: str,
+    failure: BaseException,
     action: str,
-    incomplete: int,
+    items: int,
+    chunks: list[int] | None = None,
+    stage: str = "run",
 ) -> dict[str, Any]:
     """The payload of a ``fallback`` record: the machinery failed while running ``strategy``.
 
-    ``action`` says what happened next (``"serial"``: the ``incomplete`` items were re-run
-    serially; ``"raise"``: the failure was raised to the caller).
+    ``cause`` names the failure's kind (``WorkerCrashedError``, ``SerializationError``,
+    ``BackendUnavailableError``, ...), ``detail`` the exception behind it. ``stage`` is
+    ``"start"`` when the pool could not start and ``"run"`` when work was lost while running;
+    ``items`` counts the items not completed and ``chunks`` lists their chunks (None: all).
+    ``action`` says what happened next: ``"serial"`` (they re-ran serially in the caller), the
+    name of the strategy that took over, or ``"raise"``.
     """
-    if isinstance(cause, BaseException):
-        cause_class, message = type(cause).__name__, str(cause)
-    else:
-        cause_class, message = None, cause
     return {
         "strategy": strategy,
-        "cause": message,
-        "cause_class": cause_class,
+        "stage": stage,
+        "cause": cause,
+        "detail": f"{type(failure).__name__}: {failure}",
         "action": action,
-        "incomplete": incomplete,
+        "items": items,
+        "chunks": chunks,
     }
 
 

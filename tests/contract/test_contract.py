@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -218,3 +219,25 @@ def test_workers_never_exceed_the_cpu_budget(executor: ParallelExecutor) -> None
     assert executor.workers <= 2  # the suite caps max_workers at 2
     if hasattr(os, "sched_getaffinity"):
         assert executor.workers <= len(os.sched_getaffinity(0))
+
+
+def test_progress_bar_counts_every_item_and_leaves_no_thread(
+    executor: ParallelExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tqdm_auto = pytest.importorskip("tqdm.auto")
+    bars: list[Any] = []
+    real = tqdm_auto.tqdm
+
+    class CountingBar(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.counted = 0
+            bars.append(self)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.counted += int(n or 0)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm_auto, "tqdm", CountingBar)
+    assert executor.map(square, range(200), progress=True) == [x * x for x in range(200)]
+    assert [(bar.total, bar.counted) for bar in bars] == [(200, 200)]

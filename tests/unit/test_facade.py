@@ -707,11 +707,12 @@ def test_a_broken_caller_executor_falls_back_to_serial_and_says_so() -> None:
         x * x for x in range(100)
     ]
     (fallback,) = sink.events("fallback")
-    assert (fallback["action"], fallback["cause_class"], fallback["incomplete"]) == (
+    assert (fallback["action"], fallback["cause"], fallback["items"]) == (
         "serial",
-        "BrokenExecutor",
+        "WorkerCrashedError",
         100,
     )
+    assert fallback["detail"].startswith("BrokenExecutor")
     assert sink.events("run")[-1]["fallbacks"] == 1
 
 

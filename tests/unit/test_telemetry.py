@@ -147,8 +147,8 @@ def test_run_record_computes_utilisation_and_names_the_error() -> None:
         items=10,
         chunks=4,
         workers=2,
-        wall_time=1.0,
-        busy_time=1.5,
+        wall_time_s=1.0,
+        busy_time_s=1.5,
         fallbacks=1,
         error=KeyError("k"),
     )
@@ -160,34 +160,49 @@ def test_run_record_computes_utilisation_and_names_the_error() -> None:
         "items",
         "chunks",
         "workers",
-        "wall_time",
-        "busy_time",
+        "wall_time_s",
+        "busy_time_s",
         "utilisation_pct",
         "fallbacks",
         "error",
     }
 
 
-def test_run_record_utilisation_is_capped_and_zero_without_wall_time() -> None:
+def test_run_record_utilisation_is_capped_zero_without_wall_time_unknown_without_busy() -> None:
     kwargs: dict[str, Any] = {"strategy": "joblib", "items": 1, "chunks": 1, "workers": 2}
-    assert run_record(**kwargs, wall_time=1.0, busy_time=5.0)["utilisation_pct"] == 100.0
-    assert run_record(**kwargs, wall_time=0.0, busy_time=0.0)["utilisation_pct"] == 0.0
-    assert run_record(**kwargs, wall_time=1.0, busy_time=1.0)["error"] is None
+    assert run_record(**kwargs, wall_time_s=1.0, busy_time_s=5.0)["utilisation_pct"] == 100.0
+    assert run_record(**kwargs, wall_time_s=0.0, busy_time_s=0.0)["utilisation_pct"] == 0.0
+    assert run_record(**kwargs, wall_time_s=1.0, busy_time_s=1.0)["error"] is None
+    assert run_record(**kwargs, wall_time_s=1.0, busy_time_s=None)["utilisation_pct"] is None
 
 
-def test_fallback_record_from_exception_and_from_text() -> None:
-    from_exc = fallback_record(
-        strategy="processes", cause=BrokenPipeError("pipe"), action="serial", incomplete=3
+def test_fallback_record_names_the_kind_the_exception_and_what_followed() -> None:
+    record = fallback_record(
+        strategy="processes",
+        cause="WorkerCrashedError",
+        failure=BrokenPipeError("pipe"),
+        action="serial",
+        items=3,
+        chunks=[1],
     )
-    assert from_exc == {
+    assert record == {
         "strategy": "processes",
-        "cause": "pipe",
-        "cause_class": "BrokenPipeError",
+        "stage": "run",
+        "cause": "WorkerCrashedError",
+        "detail": "BrokenPipeError: pipe",
         "action": "serial",
-        "incomplete": 3,
+        "items": 3,
+        "chunks": [1],
     }
-    from_text = fallback_record(strategy="joblib", cause="no pool", action="raise", incomplete=0)
-    assert from_text["cause"] == "no pool" and from_text["cause_class"] is None
+    started = fallback_record(
+        strategy="joblib",
+        cause="BackendUnavailableError",
+        failure=ImportError("no joblib"),
+        action="threads",
+        items=5,
+        stage="start",
+    )
+    assert (started["stage"], started["chunks"], started["action"]) == ("start", None, "threads")
 
 
 _WRITER = textwrap.dedent(
