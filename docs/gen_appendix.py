@@ -25,13 +25,9 @@ EXECUTOR_CONSTANTS: tuple[tuple[str, str, str], ...] = (
     (
         "ce_parallel.executor",
         "SERIAL_BLOCK_TARGET_S",
-        "The serial loop runs items in blocks that grow while a block takes less than this, so "
-        "a trivial function costs what the plain loop costs and cancel/timeout stay prompt.",
-    ),
-    (
-        "ce_parallel.executor",
-        "SERIAL_BLOCK_MAX",
-        "The largest such block, in items.",
+        "The serial loop runs items in blocks sized from the measured cost to take about this "
+        "long: a trivial function runs in one or two blocks and costs what the plain loop "
+        "costs, while cancel() and timeouts are still noticed within about this long.",
     ),
 )
 

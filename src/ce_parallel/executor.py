@@ -18,7 +18,6 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
-from itertools import repeat
 from operator import length_hint
 from typing import Any, ClassVar
 
@@ -40,10 +39,10 @@ from .worker import ChunkJob, ChunkOutcome, WorkerSetup, call_with_rng, in_worke
 #: How often (seconds) a waiting ``map`` wakes to check its deadline and the cancel flag; this
 #: bounds how late a timeout or ``cancel()`` is noticed.
 POLL_INTERVAL_S = 0.05
-#: The serial loop runs items in blocks that grow while a block takes less than this, so a
-#: trivial function costs what the plain loop costs while cancel and timeouts stay prompt.
+#: The serial loop runs items in blocks sized, from the measured cost, to take about this long:
+#: a trivial function then runs in one or two blocks and costs what the plain loop costs, while
+#: ``cancel()`` and timeouts are still noticed within about this long.
 SERIAL_BLOCK_TARGET_S = 0.02
-SERIAL_BLOCK_MAX = 4096
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -540,10 +539,11 @@ class ParallelExecutor(ABC):
         bar: _Progress | None,
         offset: int = 0,
     ) -> list[Any]:
-        """The serial loop, in the calling thread, in growing blocks.
+        """The serial loop, in the calling thread, in blocks of about ``SERIAL_BLOCK_TARGET_S``.
 
-        Blocks keep the cost of a trivial item at that of ``list(map(fn, items))`` while
-        ``cancel()`` and ``timeout`` are still noticed between blocks.
+        The first block is one item; each next block is sized from the measured cost, so a
+        trivial function costs what the plain loop costs while ``cancel()`` and ``timeout`` are
+        still noticed between blocks.
         """
         out: list[Any] = []
         n, pos, block = len(work), 0, 1
@@ -557,27 +557,44 @@ class ParallelExecutor(ABC):
                     f"map() did not finish within its timeout on strategy {self.name!r} "
                     f"({offset + pos} items finished)"
                 )
-            part = work[pos : pos + block]
-            it = iter(part)
+            size = min(block, n - pos)
+            if size == n - pos and isinstance(work, list):
+                # the last block: iterate the list itself from pos instead of copying a slice
+                rest = iter(work)
+                rest.__setstate__(pos)  # type: ignore[attr-defined]
+            else:
+                rest = iter(work[pos : pos + size])
             tick = time.perf_counter()
             try:
+                # a comprehension, not map(): Python-to-Python calls are cheaper from bytecode
                 if seeds is None:
-                    out.extend(map(fn, it))
+                    part = [fn(item) for item in rest]
                 else:
-                    out.extend(map(call_with_rng, repeat(fn), it, seeds[pos : pos + block]))
+                    part = [
+                        call_with_rng(fn, item, seed)
+                        for item, seed in zip(rest, seeds[pos : pos + size], strict=True)
+                    ]
             except Exception as exc:
                 self.metrics.add(failures=1)
-                index = offset + pos + len(part) - length_hint(it) - 1
+                # the iterator has already given up the failing item
+                index = offset + pos + size - length_hint(rest) - 1
                 annotate_item_error(exc, index, self.name, None)
                 raise
             took = time.perf_counter() - tick
-            pos += len(part)
+            if len(part) > len(out):
+                # prepend the short head rather than copy the long tail onto it
+                part[:0] = out
+                out = part
+            else:
+                out += part
+            pos += size
             if bar is not None:
-                bar.update(len(part))
-            if took < SERIAL_BLOCK_TARGET_S:
-                block = min(block * 2, SERIAL_BLOCK_MAX)
-            elif took > 4 * SERIAL_BLOCK_TARGET_S and block > 1:
-                block //= 2
+                bar.update(size)
+            # size the next block from the measured cost so that it takes about the target
+            if took > 0:
+                block = max(1, int(SERIAL_BLOCK_TARGET_S * size / took))
+            else:
+                block *= 2
         return out
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:

@@ -157,6 +157,11 @@ def fallback_record(
     }
 
 
+def wanted(callback: TelemetryCallback | None, path: str | None) -> bool:
+    """Whether any sink would receive a record, so callers can skip building one."""
+    return callback is not None or bool(path) or logger.isEnabledFor(logging.DEBUG)
+
+
 def emit(
     event: str,
     payload: dict[str, Any],
@@ -165,6 +170,8 @@ def emit(
     path: str | None = None,
 ) -> None:
     """Send one record to every sink. Never raises."""
+    if not wanted(callback, path):
+        return
     record = json_safe(payload)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s %s", event, json.dumps(record, sort_keys=True))
@@ -195,4 +202,5 @@ __all__ = [
     "json_safe",
     "logger",
     "run_record",
+    "wanted",
 ]

@@ -40,11 +40,14 @@ _hooks_done = False
 _hook_report: tuple[int, int] | None = None
 
 
+#: The marker is set before a worker's interpreter starts, so reading it once is enough (and
+#: keeps ``in_worker()``, which every map calls, cheap).
+_started_as_worker = os.environ.get(IN_WORKER_ENV) == "1"
+
+
 def in_worker() -> bool:
     """True inside a worker thread or process of ours (a map there runs serially)."""
-    return (
-        getattr(_local, "depth", 0) > 0 or _process_worker or os.environ.get(IN_WORKER_ENV) == "1"
-    )
+    return getattr(_local, "depth", 0) > 0 or _process_worker or _started_as_worker
 
 
 @dataclass(frozen=True)

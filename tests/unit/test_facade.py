@@ -254,6 +254,28 @@ def test_below_min_instances_default_and_configured() -> None:
     assert g.decide_use_parallel(50, 100).reason == "enabled"
 
 
+def test_min_batch_size_raises_the_instance_floor_when_no_threshold_is_set() -> None:
+    f = facade(THREADS.replace(min_batch_size=40))
+    assert f.decide_use_parallel(39, 100).reason == "below_min_instances"
+    assert f.decide_use_parallel(40, 100).reason == "enabled"
+    explicit = facade(THREADS.replace(min_batch_size=40, min_instances_for_parallel=10))
+    assert explicit.decide_use_parallel(10, 100).reason == "enabled"
+
+
+def test_repeated_decisions_are_remembered_but_recorded_every_time() -> None:
+    sink = Recorder()
+    f = facade(THREADS, telemetry=sink)
+    first = f.decide_use_parallel(*BIG)
+    second = f.decide_use_parallel(*BIG)
+    assert first == second
+    assert f.last_decision is second
+    assert len(sink.events("decision")) == 2
+    # a bool is still refused after an equal int was decided
+    f.decide_use_parallel(1)
+    with pytest.raises(ConfigurationError):
+        f.decide_use_parallel(True)
+
+
 def test_tiny_workload_counts_instances_times_features() -> None:
     f = facade(THREADS)
     n = heuristics.FACADE_MIN_INSTANCES
