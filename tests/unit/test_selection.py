@@ -269,3 +269,29 @@ def test_auto_emits_a_decision_record() -> None:
     decisions = [p for e, p in records if e == "decision"]
     assert decisions and decisions[-1]["strategy"] == "sequential"
     assert decisions[-1]["items"] == 10
+
+
+def test_auto_remembers_measurements_without_keeping_the_function_alive() -> None:
+    import functools
+    import gc
+    import weakref
+
+    from ce_parallel import ParallelConfig, create_executor
+
+    class Model:
+        def predict(self, x: int) -> int:
+            return 2 * x
+
+    def apply(model: Model, x: int) -> int:
+        return model.predict(x)
+
+    model = Model()
+    alive = weakref.ref(model)
+    fn = functools.partial(apply, model)
+    with create_executor(ParallelConfig(enabled=True, strategy="auto", full_matrix=True)) as ex:
+        assert ex.map(fn, range(50)) == [2 * x for x in range(50)]
+        assert len(ex._profiles) == 1
+        del fn, model
+        gc.collect()
+        assert alive() is None
+        assert len(ex._profiles) == 0

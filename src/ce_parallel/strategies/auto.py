@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
@@ -97,6 +98,9 @@ class AutoExecutor(ParallelExecutor):
         self.last_strategy: str | None = None
         self.last_reason: str | None = None
         self.last_selection: Selection | None = None
+
+    def _forget(self, key: Any) -> None:
+        self._profiles.pop(key, None)
 
     # -- the selection ----------------------------------------------------------------------
 
@@ -196,7 +200,7 @@ class AutoExecutor(ParallelExecutor):
         head: list[Any] = []
         measured: _Measured | None = None
         if self.config.worker_initializer is None:
-            head, measured = self._measure(fn, work, seeds, _fn_key(fn))
+            head, measured = self._measure(fn, work, seeds, _fn_key(fn, self._forget))
         # With a worker initializer nothing runs in the calling thread or on probe threads
         # (they are not workers); the choice rests on the caller's hints and every item goes
         # to one delegate, so the initializer runs once per worker of that delegate.
@@ -226,8 +230,8 @@ class AutoExecutor(ParallelExecutor):
                 "limited_by": self.budget.limited_by,
             },
         )
-        rest = work[done:]
-        rest_seeds = None if seeds is None else seeds[done:]
+        rest = work[done:] if done else work
+        rest_seeds = seeds[done:] if seeds is not None and done else seeds
         try:
             if not rest:
                 tail: list[Any] = []
@@ -241,7 +245,10 @@ class AutoExecutor(ParallelExecutor):
             wall = time.perf_counter() - started
             self.metrics.add(maps=1, tasks_submitted=len(work), total_duration=wall)
         self.metrics.add(tasks_completed=len(work))
-        return head + tail
+        if not head:
+            return tail
+        tail[:0] = head
+        return tail
 
     def _run_pooled(
         self,
@@ -307,17 +314,21 @@ def _min_parallel_work() -> float:
     return AUTO_MIN_PARALLEL_WORK_S
 
 
-def _fn_key(fn: Callable[..., Any]) -> Hashable | None:
-    """The key under which ``fn``'s measurements are remembered; None if it is unhashable.
+def _fn_key(fn: Callable[..., Any], forget: Callable[[Any], None]) -> Hashable | None:
+    """A weak key under which ``fn``'s measurements are remembered; None if there can be none.
 
-    Bound methods compare equal when they bind the same function to the same object, and a
-    ``functools.partial`` or a function is its own key, so the same work maps to the same key.
+    The key never keeps ``fn`` (or a model it carries) alive: when ``fn`` is collected,
+    ``forget`` drops its entry. A bound method is keyed by its object and function, so the
+    same method of the same object finds its measurements again.
     """
     try:
-        hash(fn)
+        if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
+            return weakref.WeakMethod(fn, forget)
+        key = weakref.ref(fn, forget)
+        hash(key)
     except TypeError:
         return None
-    return fn
+    return key
 
 
 def _shift_item_index(exc: BaseException, offset: int, strategy: str) -> None:
