@@ -55,10 +55,16 @@ PILOT_TARGET_S = 0.005
 #: ... or until this share of the items has run (at least one item).
 PILOT_MAX_FRACTION = 0.05
 #: The thread probe runs enough items for this many seconds per thread ...
-PROBE_TARGET_S = 0.004
+PROBE_TARGET_S = 0.02
+#: ... and at least this many items per thread ...
+PROBE_MIN_ITEMS_PER_THREAD = 2
+#: Below this CPU share in the serial pilot items mostly wait (sleep, I/O): their threads'
+#: wall-clock speed-up, not their CPU use, says whether they hold the GIL.
+PILOT_MIN_CPU_RATIO = 0.5
 #: ... but at most this share of the items (at least one per thread).
 PROBE_MAX_FRACTION = 0.1
-#: Work releases the GIL when n threads run it 1 + this x (n - 1) times faster than one.
+#: Work releases the GIL when n probe threads keep 1 + this x (n - 1) times as many CPUs busy
+#: as the serial pilot did (or, for items that mostly wait, run that much faster).
 GIL_RELEASE_MIN_SCALING = 0.5
 #: Below this much estimated serial work (seconds) auto stays serial without probing threads.
 AUTO_MIN_PARALLEL_WORK_S = 0.01
@@ -167,9 +173,25 @@ HEURISTICS: tuple[Heuristic, ...] = (
     Heuristic(
         "PROBE_TARGET_S",
         PROBE_TARGET_S,
-        "Thread start-up and scheduling jitter are ~0.1 ms; 4 ms per thread keeps the measured "
-        "thread speed-up within a few percent.",
-        "numpy (matmul, 1 BLAS thread) and sleep: probe speed-up 1.8-2.0; cpu_fine: 0.9-1.1",
+        "Probe results are kept, so a longer probe costs almost nothing, while a probe of one "
+        "few-ms item per thread misjudged GIL use a third of the time (one thread finishing "
+        "early, cold first items); 20 ms per thread made it reliable.",
+        "tests/unit/test_selection.py GIL cases, 10 pilots each: pure Python 10/10 hold, zlib "
+        "0/10, sleep 0/10 (with 4 ms and one item per thread: zlib judged holding 2 of 3)",
+    ),
+    Heuristic(
+        "PROBE_MIN_ITEMS_PER_THREAD",
+        PROBE_MIN_ITEMS_PER_THREAD,
+        "With one item per thread the threads' start skew is a large share of the probe.",
+        "same measurement as PROBE_TARGET_S",
+    ),
+    Heuristic(
+        "PILOT_MIN_CPU_RATIO",
+        PILOT_MIN_CPU_RATIO,
+        "GIL use is judged from how many CPUs the probe threads kept busy relative to the serial "
+        "pilot (load on the machine cancels out of that ratio); items that keep less than half "
+        "a CPU busy mostly wait, and their threads' wall-clock speed-up decides instead.",
+        "sleep workload: pilot CPU share ~0.01; pure-Python and zlib workloads: ~1.0",
     ),
     Heuristic(
         "PROBE_MAX_FRACTION",
@@ -180,8 +202,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
     Heuristic(
         "GIL_RELEASE_MIN_SCALING",
         GIL_RELEASE_MIN_SCALING,
-        "Two threads of GIL-bound Python run ~1.0x faster than one, GIL-free NumPy or sleeps "
-        "~1.9x; the midpoint (1.5x on two threads) separates them with margin.",
+        "Two threads of GIL-bound Python keep ~1.0 CPU busy (and run ~1.0x faster than one), "
+        "GIL-free NumPy, zlib or sleeps ~1.8-2.0; the midpoint (1.5 on two threads) separates "
+        "them with margin.",
         "ANCHORS.md: threads 0.75-1.07x on pure Python, 1.77-1.88x on NumPy with 1 BLAS thread; "
         "RandomForest predict_proba (threads 0.6x) counts as GIL-bound",
     ),

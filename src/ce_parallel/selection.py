@@ -31,8 +31,10 @@ from .heuristics import (
     GIL_RELEASE_MIN_SCALING,
     JOBLIB_CALL_OVERHEAD_S,
     PILOT_MAX_FRACTION,
+    PILOT_MIN_CPU_RATIO,
     PILOT_TARGET_S,
     PROBE_MAX_FRACTION,
+    PROBE_MIN_ITEMS_PER_THREAD,
     PROBE_TARGET_S,
     PROCESS_BYTES_PER_S,
     PROCESS_CHUNK_OVERHEAD_S,
@@ -298,22 +300,27 @@ def probe_threads(
     items: Sequence[Any],
     seeds: Sequence[Any] | None,
     threads: int,
-) -> tuple[list[Any], float]:
-    """Run ``items`` split over ``threads`` threads at once; return results and wall seconds.
+) -> tuple[list[Any], float, float]:
+    """Run ``items`` split over ``threads`` threads at once.
 
-    A caller's exception is raised as ``PilotError`` with the smallest failing index.
+    Returns the results, the wall seconds, and the CPU seconds the threads used in all (each
+    thread's own ``time.thread_time``). A caller's exception is raised as ``PilotError`` with the
+    smallest failing index.
     """
     from .worker import ChunkJob, run_chunk
 
     size = math.ceil(len(items) / threads)
     bounds = [(a, min(a + size, len(items))) for a in range(0, len(items), size)]
     outcomes: list[Any] = [None] * len(bounds)
+    cpu: list[float] = [0.0] * len(bounds)
     barrier = threading.Barrier(len(bounds) + 1)
 
     def work(i: int, a: int, b: int) -> None:
         job = ChunkJob(fn, a, items[a:b], None if seeds is None else seeds[a:b])
         barrier.wait()
+        started = time.thread_time()
         outcomes[i] = run_chunk(job)
+        cpu[i] = time.thread_time() - started
 
     pool = [
         threading.Thread(target=work, args=(i, a, b), name="ce-parallel-probe", daemon=True)
@@ -331,7 +338,7 @@ def probe_threads(
         first = min(failed, key=lambda o: o.error_index)
         raise PilotError(first.error_index, first.error)
     results = [r for o in outcomes for r in o.results]
-    return results, wall
+    return results, wall, sum(cpu)
 
 
 def pilot(
@@ -360,24 +367,38 @@ def pilot(
         return result
     if result.cpu_ratio >= 1 + GIL_RELEASE_MIN_SCALING:
         return result  # each item already keeps more than a CPU busy (threaded BLAS)
-    per_thread = max(1, math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9)))
+    per_thread = max(
+        PROBE_MIN_ITEMS_PER_THREAD, math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
+    )
     count = min(remaining, threads * per_thread, max(threads, int(len(items) * PROBE_MAX_FRACTION)))
     if threads < 2 or count < threads:
         return result
     start = result.done
-    more, wall = probe_threads(
+    more, wall, cpu = probe_threads(
         fn,
         items[start : start + count],
         None if seeds is None else seeds[start : start + count],
         threads,
     )
     scaling = count * result.per_item_seconds / wall if wall > 0 else float(threads)
+    # How much more CPU the threads kept busy than the serial pilot did. Items that hold the
+    # GIL keep one CPU busy however many threads run them; items that release it keep one per
+    # thread. Comparing CPU use rather than item throughput does not depend on how well the
+    # pilot's first (often slower, cold) items predict the next ones, and dividing by the
+    # pilot's own CPU share cancels most of the effect of other processes on the machine.
+    # Items that mostly wait (sleep, I/O) use too little CPU to tell: their wall-clock speed-up
+    # on threads says it instead.
     wanted = 1 + GIL_RELEASE_MIN_SCALING * (min(threads, count) - 1)
+    if result.cpu_ratio < PILOT_MIN_CPU_RATIO:
+        parallelism = scaling
+    else:
+        busy = cpu / wall if wall > 0 else float(threads)
+        parallelism = busy / result.cpu_ratio
     return PilotResult(
         result.results + more,
         result.per_item_seconds,
         result.cpu_ratio,
-        holds_gil=scaling < wanted,
+        holds_gil=parallelism < wanted,
         thread_scaling=scaling,
     )
 

@@ -6,6 +6,9 @@ runs and keeps, never how fast anything is.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import pytest
 
 from ce_parallel import ParallelConfig, create_executor
@@ -205,6 +208,40 @@ def test_pilot_probe_keeps_every_result_in_order() -> None:
     assert result.results == items[: result.done]
     assert result.done >= 2
     assert result.thread_scaling is not None and result.holds_gil is not None
+
+
+def _spin(x: int) -> int:
+    total = 0
+    for i in range(20_000):
+        total += i ^ x
+    return total
+
+
+def _compress(x: int) -> int:
+    import zlib
+
+    # zlib releases the GIL while it compresses
+    return len(zlib.compress(bytes(range(256)) * 4096 + bytes([x % 256]), 6))
+
+
+def _nap(x: int) -> int:
+    import time
+
+    time.sleep(0.005)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("fn", "holds"),
+    [(_spin, True), (_compress, False), (_nap, False)],
+    ids=["pure-python", "zlib", "sleep"],
+)
+def test_pilot_tells_gil_bound_from_gil_releasing_work(fn: Any, holds: bool) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("telling GIL use apart needs two CPUs")
+    verdicts = [pilot(fn, list(range(200)), threads=2).holds_gil for _ in range(3)]
+    # the majority of three probes, so one probe disturbed by the machine does not decide
+    assert sorted(verdicts)[1] is holds, verdicts
 
 
 def test_pilot_trusts_a_given_gil_answer() -> None:

@@ -151,7 +151,7 @@ def _ce_start(strategy: str, workers: int) -> Callable[[], _CeState]:
 
 
 def _ce_run(state: _CeState, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    return list(state.executor.map(fn, items))
+    return state.executor.map(fn, items)
 
 
 def _ce_stop(state: _CeState) -> None:
@@ -210,7 +210,7 @@ def _facade_start(strategy: str | None) -> Callable[[], Any]:
 
 
 def _facade_run(state: Any, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    return list(state.map(fn, items))
+    return state.map(fn, items)
 
 
 def _facade_stop(state: Any) -> None:

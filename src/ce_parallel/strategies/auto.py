@@ -164,12 +164,13 @@ class AutoExecutor(ParallelExecutor):
                 self._profiles.popitem(last=False)
         return result.results, measured
 
-    def _select(self, n: int, measured: _Measured | None) -> Selection:
+    def _select(self, n: int, measured: _Measured | None, assume_warm: bool = False) -> Selection:
+        warm = frozenset(_POOLED) if assume_warm else self._warm_pools()
         if measured is None:
             profile = WorkloadProfile(
                 n_items=n,
                 task_size_hint_bytes=self.config.task_size_hint_bytes,
-                warm_pools=self._warm_pools(),
+                warm_pools=warm,
             )
         else:
             profile = WorkloadProfile(
@@ -180,7 +181,7 @@ class AutoExecutor(ParallelExecutor):
                 cpu_ratio=measured.cpu_ratio,
                 thread_scaling=measured.thread_scaling,
                 item_bytes=measured.item_bytes,
-                warm_pools=self._warm_pools(),
+                warm_pools=warm,
             )
         return explain_selection(profile, self._snapshot, allowed=SELECTABLE)
 
@@ -208,9 +209,15 @@ class AutoExecutor(ParallelExecutor):
         if bar is not None and done:
             bar.update(done)
         selection = self._select(len(work) - done, measured)
-        if done and measured is not None and selection.strategy == "sequential":
-            # A pool that would pay off on a repeat of the whole map starts now, for next time.
-            whole = self._select(len(work), measured)
+        if (
+            measured is not None
+            and selection.strategy == "sequential"
+            and len(work) * measured.per_item_seconds >= _min_parallel_work()
+        ):
+            # A pool that would pay off on a repeat of the whole map starts now, for next time:
+            # on a first map if it pays off even cold; on a repeat (the measurements were
+            # remembered, so this function comes back) if it pays off once warm.
+            whole = self._select(len(work), measured, assume_warm=not done)
             if whole.strategy in _BACKGROUND_START:
                 self._warm_in_background(whole.strategy)
         self.last_selection = selection
