@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ce_parallel.bench import ablation
+from ce_parallel.bench import ablation, measure, runners
 from ce_parallel.bench.workloads import WORKLOADS, Case, Workload, get_workload
 
 SMOKE_WORKLOADS = "tiny,sleep,cpu_coarse"
@@ -123,16 +123,16 @@ def _unstartable() -> Any:
 
 
 def test_wrong_answers_and_errors_are_recorded_not_raised() -> None:
-    runners = [
-        ablation.Runner("serial", "serial", ablation._serial_run),
-        ablation.Runner("wrong", "ce", _wrong),
-        ablation.Runner("broken", "ce", _broken),
-        ablation.Runner("unstartable", "ce", ablation._serial_run, _unstartable),
+    lineup = [
+        runners.Runner("serial", "serial", runners.serial_run),
+        runners.Runner("wrong", "ce", _wrong),
+        runners.Runner("broken", "ce", _broken),
+        runners.Runner("unstartable", "ce", runners.serial_run, _unstartable),
     ]
     tiny = Workload(
         "t", "three squares", lambda: Case(lambda x: x * x, [1, 2, 3], "3"), {"tiny": {}}
     )
-    cells, facts = ablation.measure([tiny], runners, mode="tiny", repeats=2, cold_workloads=None)
+    cells, facts = measure.measure([tiny], lineup, mode="tiny", repeats=2, cold_workloads=None)
     row = cells["t"]
     assert row["serial"].correct and len(row["serial"].times) == 2
     assert row["wrong"].correct is False and len(row["wrong"].times) == 2
@@ -149,9 +149,9 @@ def test_a_workload_with_missing_packages_is_skipped_with_a_reason() -> None:
         {"tiny": {}},
         ("ce_parallel_no_such_package",),
     )
-    cells, facts = ablation.measure(
+    cells, facts = measure.measure(
         [absent],
-        [ablation.Runner("serial", "serial", ablation._serial_run)],
+        [runners.Runner("serial", "serial", runners.serial_run)],
         mode="tiny",
         repeats=1,
         cold_workloads=None,
@@ -174,15 +174,15 @@ def test_a_workload_with_missing_packages_is_skipped_with_a_reason() -> None:
 def test_results_equal_is_exact_for_ints_and_close_for_floats(
     expected: Any, got: Any, equal: bool
 ) -> None:
-    assert ablation.results_equal(expected, got) is equal
+    assert measure.results_equal(expected, got) is equal
 
 
 def test_results_equal_compares_arrays_by_shape_and_value() -> None:
     np = pytest.importorskip("numpy")
     a = np.linspace(0, 1, 5)
-    assert ablation.results_equal([a], [a.copy()])
-    assert not ablation.results_equal([a], [a[:4]])
-    assert not ablation.results_equal([a], [a + 1e-3])
+    assert measure.results_equal([a], [a.copy()])
+    assert not measure.results_equal([a], [a[:4]])
+    assert not measure.results_equal([a], [a + 1e-3])
 
 
 def test_every_workload_is_deterministic_in_tiny_mode() -> None:
@@ -190,7 +190,7 @@ def test_every_workload_is_deterministic_in_tiny_mode() -> None:
         if workload.missing():
             continue
         first, second = workload.case("tiny"), workload.case("tiny")
-        assert ablation.results_equal(
+        assert measure.results_equal(
             [first.fn(x) for x in first.items], [second.fn(x) for x in second.items]
         ), workload.name
 

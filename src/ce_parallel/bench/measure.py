@@ -1,0 +1,254 @@
+"""Measuring: runners interleaved across repeats, results checked against the serial loop."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .runners import Runner, serial_run
+from .workloads import Case, Workload
+
+if TYPE_CHECKING:
+    pass
+
+
+#: Relative and absolute tolerance when comparing float results with the serial loop's.
+FLOAT_RTOL = 1e-7
+FLOAT_ATOL = 1e-12
+
+
+# --- comparing results ----------------------------------------------------------------------
+
+
+def results_equal(expected: Any, got: Any) -> bool:
+    """Whether ``got`` equals ``expected``: exact for ints and strings, close for floats/arrays."""
+    if isinstance(expected, float) or isinstance(got, float):
+        try:
+            return math.isclose(float(expected), float(got), rel_tol=FLOAT_RTOL, abs_tol=FLOAT_ATOL)
+        except (TypeError, ValueError):
+            return False
+    if type(expected).__module__ == "numpy" or type(got).__module__ == "numpy":
+        import numpy as np
+
+        a, b = np.asarray(expected), np.asarray(got)
+        return a.shape == b.shape and bool(np.allclose(a, b, rtol=FLOAT_RTOL, atol=FLOAT_ATOL))
+    if isinstance(expected, (list, tuple)):
+        return (
+            isinstance(got, (list, tuple))
+            and len(expected) == len(got)
+            and all(results_equal(e, g) for e, g in zip(expected, got, strict=True))
+        )
+    return bool(expected == got)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """The measurements of one runner on one workload."""
+
+    times: list[float] = field(default_factory=list)
+    correct: bool = True
+    error: str | None = None
+    choices: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self, serial_median: float | None) -> dict[str, Any]:
+        """Statistics for the JSON document (``None`` where nothing was measured)."""
+        out: dict[str, Any] = {
+            "repeats": len(self.times),
+            "times_s": [round(t, 6) for t in self.times],
+            "min_s": min(self.times) if self.times else None,
+            "median_s": statistics.median(self.times) if self.times else None,
+            "max_s": max(self.times) if self.times else None,
+            "correct": self.correct if self.times else None,
+            "error": self.error,
+        }
+        median = out["median_s"]
+        out["speedup_vs_serial"] = serial_median / median if serial_median and median else None
+        if self.choices:
+            out["choices"] = sorted(set(self.choices))
+        if self.reasons:
+            out["reasons"] = sorted(set(self.reasons))
+        return out
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _short_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextlib.contextmanager
+def blas_cap(threads: int) -> Iterator[dict[str, Any]]:
+    """Cap numeric-library threads in this process and in pools started from it.
+
+    ``threads <= 0`` leaves the library defaults. Yields the BLAS facts to record.
+    """
+    facts: dict[str, Any] = {"requested_threads": threads if threads > 0 else "default"}
+    saved: dict[str, str | None] = {}
+    limiter: Any = None
+    if threads > 0:
+        from ce_parallel.resources import numeric_thread_env
+
+        for name, value in numeric_thread_env(threads).items():
+            saved[name] = os.environ.get(name)
+            os.environ[name] = value  # inherited by spawned workers before they import numpy
+        try:
+            from threadpoolctl import threadpool_limits
+
+            limiter = threadpool_limits(limits=threads)
+        except ImportError:
+            limiter = None
+    try:
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_info
+
+            facts["threadpools"] = [
+                {k: info.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
+                for info in threadpool_info()
+            ]
+        yield facts
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def _interleave(runners: Sequence[Runner], repeat: int) -> list[Runner]:
+    # Rotate the order each repeat so that no runner always follows the same neighbour.
+    shift = repeat % len(runners) if runners else 0
+    return list(runners[shift:]) + list(runners[:shift])
+
+
+def measure(
+    workloads: Sequence[Workload],
+    runners: Sequence[Runner],
+    *,
+    mode: str,
+    repeats: int,
+    cold_workloads: tuple[str, ...] | None,
+) -> tuple[dict[str, dict[str, Cell]], dict[str, dict[str, Any]]]:
+    """Run every runner on every workload ``repeats`` times, interleaved.
+
+    Returns the cells (workload -> runner -> Cell) and per-workload facts (size, skip reason).
+    """
+    cells: dict[str, dict[str, Cell]] = {}
+    facts: dict[str, dict[str, Any]] = {}
+    states: dict[str, Any] = {}
+    start_errors: dict[str, str] = {}
+    for runner in runners:
+        if runner.cold:
+            with contextlib.suppress(Exception):
+                states[runner.name] = runner.start()
+            continue
+        t0 = time.perf_counter()
+        try:
+            states[runner.name] = runner.start()
+            progress(f"  started {runner.name} ({time.perf_counter() - t0:.2f} s)")
+        except Exception as exc:
+            start_errors[runner.name] = _short_error(exc)
+            progress(f"  {runner.name} unavailable: {start_errors[runner.name]}")
+    try:
+        for index, workload in enumerate(workloads, 1):
+            missing = workload.missing()
+            if missing:
+                reason = (
+                    f"skipped: {', '.join(missing)} not installed (pip install ce-parallel[bench])"
+                )
+                facts[workload.name] = {"description": workload.description, "skipped": reason}
+                progress(f"[{index}/{len(workloads)}] {workload.name}: {reason}")
+                continue
+            case = workload.case(mode)
+            expected = serial_run(None, case.fn, case.items)  # reference, and warms imports
+            facts[workload.name] = {
+                "description": workload.description,
+                "size": case.size,
+                "items": len(case.items),
+            }
+            active = [
+                r
+                for r in runners
+                if not r.cold or cold_workloads is None or workload.name in cold_workloads
+            ]
+            row = {r.name: Cell() for r in active}
+            for r in active:
+                if r.name in start_errors:
+                    row[r.name].error = start_errors[r.name]
+            cells[workload.name] = row
+            for repeat in range(repeats):
+                line = []
+                for runner in _interleave(active, repeat):
+                    cell = row[runner.name]
+                    if cell.error is not None:
+                        continue
+                    line.append(
+                        _measure_once(runner, states.get(runner.name), case, expected, cell)
+                    )
+                progress(
+                    f"[{index}/{len(workloads)}] {workload.name} repeat {repeat + 1}/{repeats}: "
+                    + " ".join(line)
+                )
+    finally:
+        for runner in runners:
+            if runner.name in states and not runner.cold:
+                try:
+                    runner.stop(states[runner.name])
+                except Exception as exc:
+                    progress(f"  stopping {runner.name} failed: {_short_error(exc)}")
+    return cells, facts
+
+
+#: A warm measurement shorter than this is repeated until the calls fill it (mean recorded).
+MIN_TIMED_S = 0.05
+#: ... but with at most this many calls per measurement.
+MAX_INNER_CALLS = 200
+
+
+def _measure_once(runner: Runner, state: Any, case: Case, expected: list[Any], cell: Cell) -> str:
+    t0 = time.perf_counter()
+    try:
+        got = runner.run(state, case.fn, case.items)
+    except Exception as exc:
+        cell.error = _short_error(exc)
+        progress(f"  {runner.name} raised {cell.error}")
+        if os.environ.get("CE_PARALLEL_BENCH_TRACEBACK"):
+            traceback.print_exc()
+        return f"{runner.name}=ERR"
+    elapsed = time.perf_counter() - t0
+    if not results_equal(expected, got):
+        cell.correct = False
+    if not runner.cold and 0 < elapsed < MIN_TIMED_S:
+        # one sub-millisecond call is mostly timer and scheduler noise: time enough calls to
+        # fill MIN_TIMED_S and record their mean, as timeit's autorange does
+        calls = min(MAX_INNER_CALLS, math.ceil(MIN_TIMED_S / elapsed))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            got = runner.run(state, case.fn, case.items)
+        elapsed = (time.perf_counter() - t0) / calls
+        if not results_equal(expected, got):
+            cell.correct = False
+    cell.times.append(elapsed)
+    choice = runner.choice(state)
+    if choice:
+        cell.choices.append(choice)
+        reason = getattr(getattr(state, "executor", None), "last_reason", None)
+        if isinstance(reason, str):
+            cell.reasons.append(reason)
+    return f"{runner.name}={elapsed:.3f}"
