@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (relative to this package)
 _LAZY: dict[str, str] = {
     "ParallelFacade": ".facade",
-    "ParallelDecision": ".facade",
+    "ParallelDecision": ".decision",
+    "FullMatrixWarning": ".decision",
     "ParallelExecutor": ".executor",
     "create_executor": ".executor",
     "SerialExecutor": ".strategies.serial",
@@ -42,8 +43,9 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from .decision import FullMatrixWarning, ParallelDecision
     from .executor import ParallelExecutor, create_executor
-    from .facade import ParallelDecision, ParallelFacade
+    from .facade import ParallelFacade
     from .forksafety import register_fork_hook
     from .metrics import ParallelMetrics
     from .resources import CpuBudget, cpu_budget
@@ -74,6 +76,7 @@ __all__ = [
     "ConfigurationError",
     "CpuBudget",
     "DaskExecutor",
+    "FullMatrixWarning",
     "JoblibExecutor",
     "MapCancelledError",
     "ParallelConfig",

@@ -19,7 +19,6 @@ workers, so the same inputs always give the same decision.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import pickle
@@ -32,6 +31,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import heuristics
+from .callers import (
+    check_executor,
+    describe_executor,
+    executor_class_name,
+    is_ours,
+    type_name,
+)
 from .config import (
     CONSERVATIVE_STRATEGIES,
     ENV_FULL,
@@ -40,6 +46,7 @@ from .config import (
     ParallelConfig,
     operator_switch,
 )
+from .decision import FullMatrixWarning, ParallelDecision
 from .errors import ConfigurationError
 from .resources import Resources, detect_resources
 from .telemetry import TelemetryCallback, emit, fallback_record, run_record, wanted
@@ -47,40 +54,12 @@ from .worker import IN_WORKER_ENV, call_with_rng, in_worker
 
 R = TypeVar("R")
 
-#: Every reason a decision can give, as stable codes for logs and dashboards.
-#: ``enabled``: parallel, as configured. ``full_matrix_disabled``: parallel on the conservative
-#: substitute, because the requested strategy needs the full matrix. Serial reasons, in the
-#: order they are checked: ``operator_off`` (``CE_PARALLEL=off``), ``nested_worker`` (called
-#: inside one of our workers), ``disabled`` (the config is not enabled or names ``sequential``),
-#: ``executor_disabled`` (the given executor is disabled or serial), ``no_cpu_budget`` (fewer
-#: than 2 CPUs or workers), ``ci_environment`` (CI, and ``CE_PARALLEL`` does not force
-#: parallel), ``below_min_instances``, ``tiny_workload`` (instances x features below the
-#: threshold), ``payload_too_large`` (a process strategy would pickle too much per task),
-#: ``spawn_cost`` (the estimated time saved does not repay starting the pool).
-REASONS: tuple[str, ...] = (
-    "enabled",
-    "full_matrix_disabled",
-    "operator_off",
-    "nested_worker",
-    "disabled",
-    "executor_disabled",
-    "no_cpu_budget",
-    "ci_environment",
-    "below_min_instances",
-    "tiny_workload",
-    "payload_too_large",
-    "spawn_cost",
-)
-
 #: Strategies available only with the full matrix (``full_matrix=True`` or ``CE_PARALLEL_FULL=1``).
 FULL_MATRIX_STRATEGIES: tuple[str, ...] = tuple(
     s for s in STRATEGIES if s not in CONSERVATIVE_STRATEGIES
 )
 #: Strategies whose tasks are pickled to other processes (the payload rule applies to them).
 PROCESS_STRATEGIES = frozenset({"processes", "joblib", "dask"})
-#: Strategy reported for a caller's executor whose kind cannot be told from its type.
-EXTERNAL = "external"
-
 _SERIAL_EXECUTOR_TYPE = "SerialExecutor"
 
 
@@ -88,51 +67,6 @@ _SERIAL_EXECUTOR_TYPE = "SerialExecutor"
 #: the memory is cleared when full. Deciding costs ~13 us, a remembered decision ~1 us, which
 #: keeps the facade's serial path within a few percent of the plain loop on tiny work.
 DECISION_CACHE_SIZE = 256
-
-
-class FullMatrixWarning(UserWarning):
-    """A strategy outside the conservative subset was requested without the full matrix."""
-
-
-@dataclass(frozen=True)
-class ParallelDecision:
-    """Whether a piece of work runs in parallel, on what, and why.
-
-    ``reason`` is one of ``REASONS``; ``detail`` says the same in a sentence with the numbers
-    that decided it. ``strategy`` is the strategy that runs the work (``"sequential"`` for a
-    serial decision); without the full matrix it is always one of the conservative subset.
-    ``requested_strategy`` is what the configuration or the given executor asked for.
-    ``bytes_hint`` is the per-task payload that was weighed (per call, else the config's).
-    ``platform`` is ``"<os>/<start method>"``; ``cpu_budget`` and ``cpu_limited_by`` say how
-    many CPUs this process may use and which source limited them.
-    """
-
-    use_parallel: bool
-    decision: str
-    strategy: str
-    workers: int
-    reason: str
-    detail: str
-    n_instances: int
-    n_features: int
-    bytes_hint: int | None
-    seconds_per_item: float | None
-    estimated_work_s: float
-    requested_strategy: str
-    full_matrix: bool
-    executor_type: str
-    platform: str
-    ci: bool
-    cpu_budget: int
-    cpu_limited_by: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """Every field as plain JSON data; ``ParallelDecision(**d)`` rebuilds an equal decision."""
-        # every field is a scalar, so a shallow copy is JSON data already (asdict deep-copies)
-        return {name: getattr(self, name) for name in _DECISION_FIELDS}
-
-
-_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(ParallelDecision))
 
 
 @dataclass(frozen=True)
@@ -177,7 +111,7 @@ class ParallelFacade:
                 "ce_parallel.ParallelConfig or None"
             )
         if executor is not None:
-            _check_executor("ParallelFacade(executor=...)", executor)
+            check_executor("ParallelFacade(executor=...)", executor)
         if telemetry is not None and not callable(telemetry):
             raise ConfigurationError(
                 f"ParallelFacade(telemetry={telemetry!r}) is not accepted; expected a callable "
@@ -261,7 +195,7 @@ class ParallelFacade:
                 "number of seconds > 0 or None"
             )
         if executor is not None:
-            _check_executor("executor", executor)
+            check_executor("executor", executor)
         chosen = executor if executor is not None else self._executor
         # Decisions depend only on these inputs and on what the facade fixed at construction
         # (config, environment, resources), so the facade's own path reuses them; a caller's
@@ -314,7 +248,7 @@ class ParallelFacade:
             self._warn_full_matrix(requested)
             strategy = heuristics.FULL_MATRIX_SUBSTITUTE
             runner = None
-            executor_type = _executor_class_name(strategy)
+            executor_type = executor_class_name(strategy)
         else:
             strategy = requested
             runner = candidate.executor
@@ -437,10 +371,10 @@ class ParallelFacade:
         if executor is None:
             strategy = self.config.strategy
             return _Candidate(
-                strategy, self.config.enabled, None, None, _executor_class_name(strategy)
+                strategy, self.config.enabled, None, None, executor_class_name(strategy)
             )
-        kind, enabled, workers = _describe_executor(executor)
-        return _Candidate(kind, enabled, workers, executor, _type_name(executor))
+        kind, enabled, workers = describe_executor(executor)
+        return _Candidate(kind, enabled, workers, executor, type_name(executor))
 
     def _start_cost(self, strategy: str) -> float:
         """The cold start of the pool that would run ``strategy`` (see POOL_START_SECONDS).
@@ -515,7 +449,7 @@ class ParallelFacade:
             return pool.map(
                 fn, work, chunksize=chunksize, timeout=timeout, progress=progress, seed=seed
             )
-        if _is_ours(runner):
+        if is_ours(runner):
             return runner.map(
                 fn, work, chunksize=chunksize, timeout=timeout, progress=progress, seed=seed
             )
@@ -655,82 +589,4 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
         )
 
 
-def _check_executor(where: str, executor: Any) -> None:
-    if not callable(getattr(executor, "map", None)):
-        raise ConfigurationError(
-            f"{where}={executor!r} is not accepted; expected a ce-parallel executor or an "
-            "object with a map(fn, items) method (e.g. a concurrent.futures executor), or None"
-        )
-
-
-def _is_ours(executor: Any) -> bool:
-    from .executor import ParallelExecutor
-
-    return isinstance(executor, ParallelExecutor)
-
-
-def _type_name(obj: Any) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-@functools.cache
-def _executor_class_name(strategy: str) -> str:
-    from .strategies import REGISTRY
-
-    target = REGISTRY.get(strategy)
-    return target.rpartition(":")[2] if target else EXTERNAL
-
-
-def _describe_executor(executor: Any) -> tuple[str, bool, int | None]:
-    """``(strategy kind, enabled, workers)`` of a caller's executor.
-
-    Ours name their strategy. Others are told by their ``config.strategy`` when it is a
-    strategy name, else by their type (thread pools, process pools, loky); an unknown kind is
-    ``"external"``. ``config.enabled=False`` (calibrated-explanations' switch) or a sequential
-    kind means disabled.
-    """
-    if _is_ours(executor):
-        name = str(executor.name)
-        return name, name != "sequential", int(executor.workers)
-    config = getattr(executor, "config", None)
-    enabled = getattr(config, "enabled", True) is not False
-    declared = getattr(config, "strategy", None)
-    kind = declared if declared in STRATEGIES else _kind_from_type(executor)
-    workers = None
-    for value in (
-        getattr(executor, "_max_workers", None),
-        getattr(executor, "_processes", None),
-        getattr(config, "max_workers", None),
-    ):
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            workers = value
-            break
-    return kind, enabled and kind != "sequential", workers
-
-
-def _kind_from_type(executor: Any) -> str:
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-    from multiprocessing.pool import Pool, ThreadPool
-
-    # ThreadPool subclasses Pool, so it is tested first
-    if isinstance(executor, (ThreadPoolExecutor, ThreadPool)):
-        return "threads"
-    if isinstance(executor, (ProcessPoolExecutor, Pool)):
-        return "processes"
-    names = " ".join(f"{c.__module__}.{c.__name__}".lower() for c in type(executor).__mro__)
-    if "thread" in names:
-        return "threads"
-    if "process" in names or "loky" in names:
-        return "processes"
-    return EXTERNAL
-
-
-__all__ = [
-    "EXTERNAL",
-    "FULL_MATRIX_STRATEGIES",
-    "REASONS",
-    "FullMatrixWarning",
-    "ParallelDecision",
-    "ParallelFacade",
-]
+__all__ = ["FULL_MATRIX_STRATEGIES", "PROCESS_STRATEGIES", "ParallelFacade"]

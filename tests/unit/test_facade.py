@@ -15,16 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ce_parallel import ParallelConfig, heuristics
+from ce_parallel.callers import EXTERNAL
 from ce_parallel.config import CONSERVATIVE_STRATEGIES
+from ce_parallel.decision import REASONS, FullMatrixWarning, ParallelDecision
 from ce_parallel.errors import ConfigurationError
-from ce_parallel.facade import (
-    EXTERNAL,
-    FULL_MATRIX_STRATEGIES,
-    REASONS,
-    FullMatrixWarning,
-    ParallelDecision,
-    ParallelFacade,
-)
+from ce_parallel.facade import FULL_MATRIX_STRATEGIES, ParallelFacade
 from ce_parallel.resources import CpuBudget, Resources
 from ce_parallel.strategies.serial import SerialExecutor
 from ce_parallel.strategies.threads import ThreadExecutor

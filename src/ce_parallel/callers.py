@@ -1,0 +1,92 @@
+"""Callers' own executors: telling what an executor-like object is and whether it is enabled.
+
+The facade accepts our executors and the objects callers already use (anything with
+``map(fn, items)``: a ``concurrent.futures`` executor, a ``multiprocessing`` pool,
+calibrated-explanations' executor). These helpers say what kind of strategy such an object
+stands for, whether it is switched on, and how many workers it has.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from .config import STRATEGIES
+from .errors import ConfigurationError
+
+#: Strategy reported for a caller's executor whose kind cannot be told from its type.
+EXTERNAL = "external"
+
+
+def check_executor(where: str, executor: Any) -> None:
+    if not callable(getattr(executor, "map", None)):
+        raise ConfigurationError(
+            f"{where}={executor!r} is not accepted; expected a ce-parallel executor or an "
+            "object with a map(fn, items) method (e.g. a concurrent.futures executor), or None"
+        )
+
+
+def is_ours(executor: Any) -> bool:
+    from .executor import ParallelExecutor
+
+    return isinstance(executor, ParallelExecutor)
+
+
+def type_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@functools.cache
+def executor_class_name(strategy: str) -> str:
+    from .strategies import REGISTRY
+
+    target = REGISTRY.get(strategy)
+    return target.rpartition(":")[2] if target else EXTERNAL
+
+
+def describe_executor(executor: Any) -> tuple[str, bool, int | None]:
+    """``(strategy kind, enabled, workers)`` of a caller's executor.
+
+    Ours name their strategy. Others are told by their ``config.strategy`` when it is a
+    strategy name, else by their type (thread pools, process pools, loky); an unknown kind is
+    ``"external"``. ``config.enabled=False`` (calibrated-explanations' switch) or a sequential
+    kind means disabled.
+    """
+    if is_ours(executor):
+        name = str(executor.name)
+        return name, name != "sequential", int(executor.workers)
+    config = getattr(executor, "config", None)
+    enabled = getattr(config, "enabled", True) is not False
+    declared = getattr(config, "strategy", None)
+    kind = declared if declared in STRATEGIES else kind_from_type(executor)
+    workers = None
+    for value in (
+        getattr(executor, "_max_workers", None),
+        getattr(executor, "_processes", None),
+        getattr(config, "max_workers", None),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            workers = value
+            break
+    return kind, enabled and kind != "sequential", workers
+
+
+def kind_from_type(executor: Any) -> str:
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from multiprocessing.pool import Pool, ThreadPool
+
+    # ThreadPool subclasses Pool, so it is tested first
+    if isinstance(executor, (ThreadPoolExecutor, ThreadPool)):
+        return "threads"
+    if isinstance(executor, (ProcessPoolExecutor, Pool)):
+        return "processes"
+    names = " ".join(f"{c.__module__}.{c.__name__}".lower() for c in type(executor).__mro__)
+    if "thread" in names:
+        return "threads"
+    if "process" in names or "loky" in names:
+        return "processes"
+    return EXTERNAL
+
+
+__all__ = ["EXTERNAL", "check_executor", "describe_executor", "executor_class_name", "is_ours"]
