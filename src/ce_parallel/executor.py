@@ -33,6 +33,7 @@ from .errors import (
 )
 from .heuristics import CHUNKS_PER_WORKER
 from .metrics import ParallelMetrics
+from .progress import Progress
 from .resources import CpuBudget, Resources, cpu_budget
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup, call_with_rng, in_worker
 
@@ -84,44 +85,6 @@ def spawn_seeds(seed: Any, n: int) -> list[Any]:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigurationError("map(seed=...) needs numpy; install numpy or drop seed") from exc
     return list(np.random.SeedSequence(seed).spawn(n))
-
-
-class _Progress:
-    """Counts completed items; a tqdm bar when tqdm is installed, else a periodic log line."""
-
-    LOG_EVERY_S = 5.0
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.done, self.label = total, 0, label
-        self._last = time.monotonic()
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self._bar = None
-        else:
-            had_monitor = getattr(tqdm, "monitor", None) is not None
-            self._bar = tqdm(total=total, desc=label, leave=False)
-            self._owns_monitor = not had_monitor
-
-    def update(self, count: int) -> None:
-        self.done += count
-        if self._bar is not None:
-            self._bar.update(count)
-        elif time.monotonic() - self._last >= self.LOG_EVERY_S or self.done == self.total:
-            self._last = time.monotonic()
-            telemetry.logger.info("%s: %d/%d items", self.label, self.done, self.total)
-
-    def close(self) -> None:
-        if self._bar is None:
-            return
-        bar_class = type(self._bar)
-        self._bar.close()
-        # tqdm starts a monitor thread with the first bar and never stops it; stop the one our
-        # bar started once no bar is left, so a map leaves no thread behind
-        monitor = getattr(bar_class, "monitor", None)
-        if self._owns_monitor and monitor is not None and not bar_class._instances:
-            monitor.exit()
-            bar_class.monitor = None
 
 
 class ParallelExecutor(ABC):
@@ -198,7 +161,7 @@ class ParallelExecutor(ABC):
         limit = timeout if timeout is not None else self.config.timeout
         deadline = None if limit is None else time.monotonic() + limit
         seeds = spawn_seeds(seed, len(work)) if seed is not None else None
-        bar = _Progress(len(work), f"ce-parallel {self.name}") if progress else None
+        bar = Progress(len(work), f"ce-parallel {self.name}") if progress else None
         with self._map_lock:
             self._cancel_event.clear()
             try:
@@ -255,7 +218,7 @@ class ParallelExecutor(ABC):
         chunksize: int | None,
         deadline: float | None,
         seeds: list[Any] | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         limit: float | None,
     ) -> list[Any]:
         started = time.perf_counter()
@@ -321,7 +284,7 @@ class ParallelExecutor(ABC):
         chunksize: int | None,
         deadline: float | None,
         seeds: list[Any] | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         limit: float | None,
     ) -> list[Any]:
         """The pool could not start: run the whole map on the next strategy of the chain.
@@ -402,7 +365,7 @@ class ParallelExecutor(ABC):
         chunks: list[tuple[int, int]],
         outcomes: list[list[Any] | None],
         deadline: float | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         limit: float | None,
     ) -> tuple[float, dict[int, BaseException]]:
         """Wait for every chunk; return busy seconds and the chunks the machinery lost.
@@ -492,7 +455,7 @@ class ParallelExecutor(ABC):
         outcomes: list[list[Any] | None],
         failures: dict[int, BaseException],
         deadline: float | None,
-        bar: _Progress | None,
+        bar: Progress | None,
     ) -> None:
         """The machinery lost some chunks: re-run exactly those serially, or raise."""
         first = failures[min(failures)]
@@ -536,7 +499,7 @@ class ParallelExecutor(ABC):
         work: Sequence[Any],
         seeds: Sequence[Any] | None,
         deadline: float | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         offset: int = 0,
     ) -> list[Any]:
         """The serial loop, in the calling thread, in blocks of about ``SERIAL_BLOCK_TARGET_S``.

@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import MapCancelledError
-from ..executor import ParallelExecutor, _Progress, annotate_item_error
+from ..executor import ParallelExecutor, annotate_item_error
+from ..progress import Progress
 from ..resources import Resources
 from ..selection import (
     SELECTABLE,
@@ -194,7 +195,7 @@ class AutoExecutor(ParallelExecutor):
         chunksize: int | None,
         deadline: float | None,
         seeds: list[Any] | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         limit: float | None,
     ) -> list[Any]:
         started = time.perf_counter()
@@ -266,7 +267,7 @@ class AutoExecutor(ParallelExecutor):
         offset: int,
         chunksize: int | None,
         deadline: float | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         limit: float | None,
     ) -> list[Any]:
         head: list[Any] = []

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ..executor import ParallelExecutor, _Progress
+from ..executor import ParallelExecutor
+from ..progress import Progress
 from ..resources import CpuBudget
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
@@ -29,7 +30,7 @@ class SerialExecutor(ParallelExecutor):
         chunksize: int | None,
         deadline: float | None,
         seeds: list[Any] | None,
-        bar: _Progress | None,
+        bar: Progress | None,
         limit: float | None,
     ) -> list[Any]:
         self.metrics.add(tasks_submitted=len(work), maps=1)
