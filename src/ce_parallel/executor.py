@@ -576,7 +576,17 @@ class ParallelExecutor(ABC):
         """Send every job to the pool; one future per job, in the same order."""
 
     def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
-        """Stop work that is still queued or running (after an error, timeout or cancel)."""
+        """Stop work that is still queued or running (after an error, timeout or cancel).
+
+        Queued chunks are cancelled. With ``kill``, a strategy whose workers are processes
+        releases its pool at once: a busy worker process cannot be interrupted politely, and
+        the next map starts a fresh pool. (Its futures are left to the killed pool, which fails
+        them itself: cancelling them first makes loky's manager thread trip over their state.)
+        A thread cannot be killed: its current chunk finishes and its result is discarded.
+        """
+        if kill and self.crosses_processes:
+            self._release_pool(kill=True)
+            return
         for fut in pending:
             fut.cancel()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -69,13 +68,6 @@ class JoblibExecutor(ParallelExecutor):
             # joblib runs a single worker as its sequential backend, which has no pool
             return [_completed(run_chunk(job)) for job in jobs]
         return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
-
-    def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
-        if kill:
-            self._release_pool(kill=True)
-        else:
-            for fut in pending:
-                fut.cancel()
 
     def _release_pool(self, kill: bool) -> None:
         with self._pool_lock:

@@ -9,7 +9,6 @@ numeric libraries at ``budget // workers`` threads, so workers x BLAS threads fi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -46,16 +45,6 @@ class ProcessExecutor(ParallelExecutor):
         pool = self._pool
         assert pool is not None
         return [pool.submit(run_chunk, job) for job in jobs]
-
-    def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
-        if kill:
-            # Busy workers cannot be interrupted politely; the next map starts a fresh pool.
-            # Futures are left to the killed pool: loky fails them itself, and cancelling them
-            # first makes its manager thread trip over their state.
-            self._release_pool(kill=True)
-        else:
-            for fut in pending:
-                fut.cancel()
 
     def _release_pool(self, kill: bool) -> None:
         with self._pool_lock:
