@@ -133,6 +133,8 @@ def test_explanations_equal_the_serial_run_on_every_strategy(
 
 
 def test_the_pool_survives_across_explain_calls(data: Data) -> None:
+    # processes other tests of the session keep (a shared dask cluster) are not this pool's
+    before = {p.pid for p in worker_children()}
     executor = executor_for("processes")
     target = explainer(data, executor)
     try:
@@ -143,7 +145,7 @@ def test_the_pool_survives_across_explain_calls(data: Data) -> None:
                 target.explain_factual(data.x_test)
             backend = executor.backend
             assert backend is not None
-            seen.append((backend, backend._pool, {p.pid for p in worker_children()}))
+            seen.append((backend, backend._pool, {p.pid for p in worker_children()} - before))
         backends, pools, pids = zip(*seen, strict=True)
         assert len({id(b) for b in backends}) == 1
         assert len({id(p) for p in pools}) == 1 and pools[0] is not None
@@ -153,12 +155,12 @@ def test_the_pool_survives_across_explain_calls(data: Data) -> None:
         executor.shutdown()
     assert executor.backend is None
     deadline = time.monotonic() + 10
-    while worker_children() and time.monotonic() < deadline:
+    while {p.pid for p in worker_children()} - before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert worker_children() == []
+    assert {p.pid for p in worker_children()} - before == set()
 
 
-def _kill_a_busy_worker(killed: list[int], stop: threading.Event) -> None:
+def _kill_a_busy_worker(killed: list[int], stop: threading.Event, spare: set[int]) -> None:
     """Kill the first worker seen running a chunk (its CPU time grows past its idle baseline)."""
     import psutil
 
@@ -166,6 +168,8 @@ def _kill_a_busy_worker(killed: list[int], stop: threading.Event) -> None:
     deadline = time.monotonic() + KILL_WAIT_S
     while not stop.is_set() and time.monotonic() < deadline:
         for child in worker_children():
+            if child.pid in spare:
+                continue
             try:
                 times = child.cpu_times()
             except psutil.Error:
@@ -182,6 +186,8 @@ def test_a_worker_killed_mid_explain_falls_back_to_identical_explanations(
     data: Data, reference: tuple[list[Any], list[Any]]
 ) -> None:
     records: list[tuple[str, dict[str, Any]]] = []
+    # processes other tests of the session keep (a shared dask cluster) are never killed
+    spare = {p.pid for p in worker_children()}
     executor = executor_for("processes", telemetry=lambda event, rec: records.append((event, rec)))
     target = explainer(data, executor)
     try:
@@ -190,7 +196,7 @@ def test_a_worker_killed_mid_explain_falls_back_to_identical_explanations(
             target.explain_factual(data.x_test)  # starts the pool, so the kill lands mid-map
         killed: list[int] = []
         stop = threading.Event()
-        killer = threading.Thread(target=_kill_a_busy_worker, args=(killed, stop))
+        killer = threading.Thread(target=_kill_a_busy_worker, args=(killed, stop, spare))
         killer.start()
         try:
             with warnings.catch_warnings(record=True) as caught:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 from typing import Any
 
 import pytest
@@ -101,23 +100,66 @@ def test_hooks_run_in_the_child_after_fork_not_in_the_parent() -> None:
     assert cache.resets == 0
 
 
+def run_isolated(code: str) -> str:
+    """Run ``code`` in a fresh interpreter: thread checks must not see other tests' threads."""
+    import subprocess
+    import sys
+    import textwrap
+
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forking_with_live_threads_warns_once() -> None:
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait, name="busy-helper")
-    thread.start()
-    try:
-        with pytest.warns(RuntimeWarning, match="busy-helper"):
-            fork_and_report(lambda: b"")
-        assert forksafety.warn_if_threads_at_fork() is False  # once per process
-    finally:
+    out = run_isolated(
+        """
+        import os, threading, warnings
+        from ce_parallel import forksafety
+
+        stop = threading.Event()
+        helper = threading.Thread(target=stop.wait, name="busy-helper")
+        helper.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
         stop.set()
-        thread.join()
+        helper.join()
+        texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        print(len(texts), "busy-helper" in texts[0] if texts else False)
+        """
+    )
+    assert out == "1 True"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_no_warning_without_other_threads() -> None:
-    assert forksafety.warn_if_threads_at_fork() is False
-    assert forksafety._warned_fork_with_threads is False
+    out = run_isolated(
+        """
+        import os, warnings
+        from ce_parallel import forksafety
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+        print(len(caught), forksafety.warn_if_threads_at_fork())
+        """
+    )
+    assert out == "0 False"
 
 
 def test_process_workers_run_module_hooks_once_and_report_them() -> None:
