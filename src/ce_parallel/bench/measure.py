@@ -137,6 +137,36 @@ def _interleave(runners: Sequence[Runner], repeat: int) -> list[Runner]:
     return list(runners[shift:]) + list(runners[:shift])
 
 
+def _new_row(runners: Sequence[Runner], start_errors: dict[str, str]) -> dict[str, Cell]:
+    row = {r.name: Cell() for r in runners}
+    for r in runners:
+        if r.name in start_errors:
+            row[r.name].error = start_errors[r.name]
+    return row
+
+
+def _repeat(
+    name: str,
+    label: str,
+    runners: Sequence[Runner],
+    cells: dict[str, dict[str, Cell]],
+    states: dict[str, Any],
+    case: Case,
+    expected: list[Any],
+    repeats: int,
+) -> None:
+    """Measure ``runners`` on one workload ``repeats`` times, interleaved."""
+    row = cells[name]
+    for repeat in range(repeats):
+        line = []
+        for runner in _interleave(runners, repeat):
+            cell = row[runner.name]
+            if cell.error is not None:
+                continue
+            line.append(_measure_once(runner, states.get(runner.name), case, expected, cell))
+        progress(f"[{label}] {name} repeat {repeat + 1}/{repeats}: " + " ".join(line))
+
+
 def measure(
     workloads: Sequence[Workload],
     runners: Sequence[Runner],
@@ -165,6 +195,9 @@ def measure(
         except Exception as exc:
             start_errors[runner.name] = _short_error(exc)
             progress(f"  {runner.name} unavailable: {start_errors[runner.name]}")
+    warm = [r for r in runners if not r.cold]
+    cold = [r for r in runners if r.cold]
+    cases: dict[str, tuple[Case, list[Any]]] = {}
     try:
         for index, workload in enumerate(workloads, 1):
             missing = workload.missing()
@@ -177,34 +210,31 @@ def measure(
                 continue
             case = workload.case(mode)
             expected = serial_run(None, case.fn, case.items)  # reference, and warms imports
+            cases[workload.name] = (case, expected)
             facts[workload.name] = {
                 "description": workload.description,
                 "size": case.size,
                 "items": len(case.items),
             }
-            active = [
-                r
-                for r in runners
-                if not r.cold or cold_workloads is None or workload.name in cold_workloads
-            ]
-            row = {r.name: Cell() for r in active}
-            for r in active:
-                if r.name in start_errors:
-                    row[r.name].error = start_errors[r.name]
-            cells[workload.name] = row
-            for repeat in range(repeats):
-                line = []
-                for runner in _interleave(active, repeat):
-                    cell = row[runner.name]
-                    if cell.error is not None:
-                        continue
-                    line.append(
-                        _measure_once(runner, states.get(runner.name), case, expected, cell)
-                    )
-                progress(
-                    f"[{index}/{len(workloads)}] {workload.name} repeat {repeat + 1}/{repeats}: "
-                    + " ".join(line)
-                )
+            cells[workload.name] = _new_row(warm, start_errors)
+            _repeat(
+                workload.name,
+                f"{index}/{len(workloads)}",
+                warm,
+                cells,
+                states,
+                case,
+                expected,
+                repeats,
+            )
+        # Cold starts come after every warm measurement: a cold runner's shutdown may end a pool
+        # that warm runners share (joblib's process-wide loky executor), and the warm runners
+        # would then be charged a restart.
+        for name, (case, expected) in cases.items():
+            if cold_workloads is not None and name not in cold_workloads:
+                continue
+            cells[name].update(_new_row(cold, start_errors))
+            _repeat(name, "cold", cold, cells, states, case, expected, repeats)
     finally:
         for runner in runners:
             if runner.name in states and not runner.cold:
