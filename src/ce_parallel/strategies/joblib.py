@@ -67,6 +67,11 @@ class JoblibExecutor(ParallelExecutor):
         if getattr(backend, "_workers", None) is None:
             # joblib runs a single worker as its sequential backend, which has no pool
             return [_completed(run_chunk(job)) for job in jobs]
+        folders = getattr(backend._workers, "_temp_folder_manager", None)
+        if folders is not None:
+            # as joblib.Parallel.__call__ does: memory-mapped arrays of this map go to this
+            # Parallel's own temporary folder, which shutdown() removes
+            folders.set_current_context(self._parallel._id)
         return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
 
     def _release_pool(self, kill: bool) -> None:
@@ -74,6 +79,10 @@ class JoblibExecutor(ParallelExecutor):
             parallel, self._parallel = self._parallel, None
         if parallel is None:
             return
+        # joblib memory-maps large arrays into temporary folders that a Parallel kept open
+        # across maps leaves until interpreter exit: they are removed here
+        workers = getattr(parallel._backend, "_workers", None)
+        folders = getattr(workers, "_temp_folder_manager", None)
         if kill:
             _drop_queued_tasks()
             with contextlib.suppress(Exception):
@@ -81,6 +90,11 @@ class JoblibExecutor(ParallelExecutor):
         with contextlib.suppress(Exception):
             parallel.__exit__(None, None, None)
         _shutdown_joblib_workers(kill=kill)
+        if folders is not None:
+            # Every worker of the executor these folders belong to has exited, so no memory map
+            # of their files is open; the next executor joblib starts gets folders of its own.
+            with contextlib.suppress(Exception):
+                folders._clean_temporary_resources(force=True, allow_non_empty=True)
 
 
 def _completed(outcome: ChunkOutcome) -> Future[ChunkOutcome]:

@@ -1,0 +1,38 @@
+"""The joblib strategy's memory-mapped arrays do not outlive the executor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ce_parallel import ParallelConfig, create_executor
+
+SHM = Path("/dev/shm")
+
+
+def _total(array) -> float:  # type: ignore[no-untyped-def]
+    return float(array.sum())
+
+
+def _joblib_folders() -> set[str]:
+    return {p.name for p in SHM.iterdir() if p.name.startswith("joblib_memmapping_folder")}
+
+
+@pytest.mark.skipif(not SHM.is_dir(), reason="needs /dev/shm, where joblib puts its memory maps")
+def test_shutdown_removes_the_memory_maps_of_large_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    before = _joblib_folders()
+    # arrays above joblib's 1 MB threshold travel to the workers as memory-mapped files
+    arrays = [np.full(250_000, float(i)) for i in range(4)]
+    with create_executor(ParallelConfig(enabled=True, strategy="joblib", max_workers=2)) as ex:
+        for _ in range(3):
+            assert ex.map(_total, arrays) == [250_000.0 * i for i in range(4)]
+        ours = {
+            name
+            for name in _joblib_folders() - before
+            if name.startswith(f"joblib_memmapping_folder_{os.getpid()}_")
+        }
+        assert any(any((SHM / name).iterdir()) for name in ours), "no array was memory-mapped"
+    assert _joblib_folders() - before == set()
