@@ -408,7 +408,7 @@ class ParallelExecutor(ABC):
                     if outcome.error is not None:
                         user_errors[i] = outcome
                     else:
-                        outcomes[i] = outcome.results
+                        outcomes[i] = outcome.take_results()
                         if bar is not None:
                             bar.update(chunks[i][1] - chunks[i][0])
                 if user_errors:

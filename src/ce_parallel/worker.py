@@ -6,12 +6,14 @@ process workers receive ``run_chunk`` and ``ChunkJob`` objects by pickle.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from operator import length_hint
@@ -95,6 +97,48 @@ class ChunkOutcome:
     pid: int = 0
     #: (hooks run, hooks failed) when this chunk's worker ran its fork-safety hooks
     fork_hooks: tuple[int, int] | None = None
+    #: the results, pickled in the worker (see ``pack_results``); ``results`` is then None
+    packed: bytes | None = None
+
+    def take_results(self) -> list[Any] | None:
+        """The chunk's results, unpickled here if the worker packed them."""
+        if self.packed is None:
+            return self.results
+        with gc_paused():
+            results: list[Any] = pickle.loads(self.packed)
+        return results
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a moment.
+
+    (Un)pickling a result made of many small objects (explanations, rules, dicts) allocates
+    faster than the collector's thresholds, which then scan the growing heap again and again:
+    unpickling a 1.7 MB calibrated-explanations chunk took 0.15 s with the collector and 0.04 s
+    without it.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def pack_results(results: list[Any]) -> bytes | None:
+    """Pickle a process worker's results with the standard pickler, the collector paused.
+
+    The pool then sends one bytes object and the parent unpickles it with the collector paused
+    too (``ChunkOutcome.take_results``). None when the standard pickler cannot take them: the
+    pool's own pickler (cloudpickle) sends them as they are.
+    """
+    try:
+        with gc_paused():
+            return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
 
 
 class RemoteError(Exception):
@@ -247,7 +291,15 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
     busy = time.perf_counter() - started
     hooks = _take_hook_report() if _hook_report is not None else None
     if exc is None:
-        return ChunkOutcome(job.start, results, busy, pid=os.getpid(), fork_hooks=hooks)
+        packed = pack_results(results) if job.check_pickle else None
+        return ChunkOutcome(
+            job.start,
+            None if packed is not None else results,
+            busy,
+            pid=os.getpid(),
+            fork_hooks=hooks,
+            packed=packed,
+        )
     assert offset is not None
     remote_tb = _format(exc) if job.check_pickle else None
     error = _portable(exc) if job.check_pickle else exc

@@ -241,3 +241,15 @@ def test_progress_bar_counts_every_item_and_leaves_no_thread(
     monkeypatch.setattr(tqdm_auto, "tqdm", CountingBar)
     assert executor.map(square, range(200), progress=True) == [x * x for x in range(200)]
     assert [(bar.total, bar.counted) for bar in bars] == [(200, 200)]
+
+
+def test_results_only_cloudpickle_can_carry_still_come_back(executor: ParallelExecutor) -> None:
+    import gc
+
+    # a closure as a result: the standard pickler refuses it, the pool's cloudpickle takes it
+    makers = executor.map(lambda x: (lambda: x * 3), range(12))
+    assert [make() for make in makers] == [x * 3 for x in range(12)]
+    # results of many small objects travel packed; the collector is running again afterwards
+    rows = executor.map(lambda x: [{"i": x, "v": [x] * 3} for _ in range(50)], range(20))
+    assert rows == [[{"i": x, "v": [x] * 3} for _ in range(50)] for x in range(20)]
+    assert gc.isenabled()
