@@ -367,10 +367,11 @@ def pilot(
         return result
     if result.cpu_ratio >= 1 + GIL_RELEASE_MIN_SCALING:
         return result  # each item already keeps more than a CPU busy (threaded BLAS)
-    per_thread = max(
-        PROBE_MIN_ITEMS_PER_THREAD, math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
-    )
-    count = min(remaining, threads * per_thread, max(threads, int(len(items) * PROBE_MAX_FRACTION)))
+    wanted_items = threads * math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
+    # the share cap bounds the probe on long maps; the minimum per thread wins over it on short
+    # ones, where one item per thread would leave the verdict to start-up skew
+    capped = min(wanted_items, int(len(items) * PROBE_MAX_FRACTION))
+    count = min(remaining, max(threads * PROBE_MIN_ITEMS_PER_THREAD, capped))
     if threads < 2 or count < threads:
         return result
     start = result.done
