@@ -18,6 +18,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from dataclasses import dataclass
 from operator import length_hint
 from typing import Any, ClassVar
 
@@ -85,6 +86,21 @@ def spawn_seeds(seed: Any, n: int) -> list[Any]:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigurationError("map(seed=...) needs numpy; install numpy or drop seed") from exc
     return list(np.random.SeedSequence(seed).spawn(n))
+
+
+@dataclass(frozen=True)
+class MapCall:
+    """What one ``map`` call asked for, apart from its items and seeds (which get sliced).
+
+    ``limit`` is the timeout in seconds (for messages), ``deadline`` the ``time.monotonic()``
+    by which the call must finish, ``bar`` its progress bar.
+    """
+
+    fn: Callable[..., Any]
+    chunksize: int | None = None
+    limit: float | None = None
+    deadline: float | None = None
+    bar: Progress | None = None
 
 
 class ParallelExecutor(ABC):
@@ -162,13 +178,14 @@ class ParallelExecutor(ABC):
         deadline = None if limit is None else time.monotonic() + limit
         seeds = spawn_seeds(seed, len(work)) if seed is not None else None
         bar = Progress(len(work), f"ce-parallel {self.name}") if progress else None
+        call = MapCall(fn, chunksize, limit, deadline, bar)
         with self._map_lock:
             self._cancel_event.clear()
             try:
                 if self.name != "sequential" and in_worker():
                     self._emit("nested", {"items": len(work), "reason": "nested_worker"})
-                    return self._run_serially(fn, work, seeds, deadline, bar)
-                return self._map(fn, work, chunksize, deadline, seeds, bar, limit)
+                    return self._run_serially(call, work, seeds)
+                return self._map(call, work, seeds)
             finally:
                 if bar is not None:
                     bar.close()
@@ -211,18 +228,9 @@ class ParallelExecutor(ABC):
         size = chunksize or self.config.instance_chunk_size or default_chunksize(n, self.workers)
         return [(start, min(start + size, n)) for start in range(0, n, size)]
 
-    def _map(
-        self,
-        fn: Callable[..., Any],
-        work: list[Any],
-        chunksize: int | None,
-        deadline: float | None,
-        seeds: list[Any] | None,
-        bar: Progress | None,
-        limit: float | None,
-    ) -> list[Any]:
+    def _map(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         started = time.perf_counter()
-        chunks = self.plan_chunks(len(work), chunksize)
+        chunks = self.plan_chunks(len(work), call.chunksize)
         fallbacks = 0
         error: BaseException | None = None
         self.metrics.add(tasks_submitted=len(work), chunks=len(chunks), maps=1)
@@ -233,23 +241,21 @@ class ParallelExecutor(ABC):
                 self._start_pool()
             except Exception as start_error:
                 fallbacks = 1
-                done = self._start_failed(
-                    start_error, fn, work, chunksize, deadline, seeds, bar, limit
-                )
+                done = self._start_failed(start_error, call, work, seeds)
                 self.metrics.add(tasks_completed=len(done))
                 return done
             failures: dict[int, BaseException]
             try:
-                jobs = [self._job(fn, work, seeds, a, b) for a, b in chunks]
+                jobs = [self._job(call.fn, work, seeds, a, b) for a, b in chunks]
                 futures = self._submit_chunks(jobs)
             except Exception as exc:
                 # the pool refused the work: nothing ran, all is unfinished
                 failures = {i: exc for i in range(len(chunks))}
             else:
-                busy, failures = self._collect(futures, chunks, outcomes, deadline, bar, limit)
+                busy, failures = self._collect(futures, chunks, outcomes, call)
             if failures:
                 fallbacks = 1
-                self._fall_back(fn, work, seeds, chunks, outcomes, failures, deadline, bar)
+                self._fall_back(call, work, seeds, chunks, outcomes, failures)
         except BaseException as exc:
             error = exc
             raise
@@ -277,15 +283,7 @@ class ParallelExecutor(ABC):
         return results
 
     def _start_failed(
-        self,
-        exc: Exception,
-        fn: Callable[..., Any],
-        work: list[Any],
-        chunksize: int | None,
-        deadline: float | None,
-        seeds: list[Any] | None,
-        bar: Progress | None,
-        limit: float | None,
+        self, exc: Exception, call: MapCall, work: list[Any], seeds: list[Any] | None
     ) -> list[Any]:
         """The pool could not start: run the whole map on the next strategy of the chain.
 
@@ -318,7 +316,7 @@ class ParallelExecutor(ABC):
                 incomplete=range(len(work)),
             ) from exc
         if following == "sequential" or following == self.name:
-            return self._run_serially(fn, work, seeds, deadline, bar)
+            return self._run_serially(call, work, seeds)
         from .strategies import strategy_class
 
         substitute = strategy_class(following)(
@@ -327,7 +325,7 @@ class ParallelExecutor(ABC):
         # the caller's cancel() must reach the substitute's wait loop
         substitute._cancel_event = self._cancel_event
         try:
-            return substitute._map(fn, work, chunksize, deadline, seeds, bar, limit)
+            return substitute._map(call, work, seeds)
         finally:
             substitute.shutdown()
 
@@ -364,15 +362,14 @@ class ParallelExecutor(ABC):
         futures: Sequence[Future[ChunkOutcome]],
         chunks: list[tuple[int, int]],
         outcomes: list[list[Any] | None],
-        deadline: float | None,
-        bar: Progress | None,
-        limit: float | None,
+        call: MapCall,
     ) -> tuple[float, dict[int, BaseException]]:
         """Wait for every chunk; return busy seconds and the chunks the machinery lost.
 
         On the first user error the chunks not yet running are cancelled; running chunks before
         it are awaited so that the error raised is the one the serial loop would raise.
         """
+        deadline, bar = call.deadline, call.bar
         index_of = {fut: i for i, fut in enumerate(futures)}
         pending = set(futures)
         failures: dict[int, BaseException] = {}
@@ -426,7 +423,7 @@ class ParallelExecutor(ABC):
                         b - a for i, (a, b) in enumerate(chunks) if outcomes[i] is not None
                     )
                     raise TimeoutError(
-                        f"map() did not finish within timeout={limit} s on strategy "
+                        f"map() did not finish within timeout={call.limit} s on strategy "
                         f"{self.name!r} ({finished} of {chunks[-1][1]} items finished)"
                     )
         except BaseException:
@@ -448,14 +445,12 @@ class ParallelExecutor(ABC):
 
     def _fall_back(
         self,
-        fn: Callable[..., Any],
+        call: MapCall,
         work: list[Any],
         seeds: list[Any] | None,
         chunks: list[tuple[int, int]],
         outcomes: list[list[Any] | None],
         failures: dict[int, BaseException],
-        deadline: float | None,
-        bar: Progress | None,
     ) -> None:
         """The machinery lost some chunks: re-run exactly those serially, or raise."""
         first = failures[min(failures)]
@@ -490,16 +485,14 @@ class ParallelExecutor(ABC):
         for i in unfinished:
             a, b = chunks[i]
             outcomes[i] = self._run_serially(
-                fn, work[a:b], None if seeds is None else seeds[a:b], deadline, bar, offset=a
+                call, work[a:b], None if seeds is None else seeds[a:b], offset=a
             )
 
     def _run_serially(
         self,
-        fn: Callable[..., Any],
+        call: MapCall,
         work: Sequence[Any],
         seeds: Sequence[Any] | None,
-        deadline: float | None,
-        bar: Progress | None,
         offset: int = 0,
     ) -> list[Any]:
         """The serial loop, in the calling thread, in blocks of about ``SERIAL_BLOCK_TARGET_S``.
@@ -508,6 +501,7 @@ class ParallelExecutor(ABC):
         trivial function costs what the plain loop costs while ``cancel()`` and ``timeout`` are
         still noticed between blocks.
         """
+        fn, deadline, bar = call.fn, call.deadline, call.bar
         out: list[Any] = []
         n, pos, block = len(work), 0, 1
         while pos < n:

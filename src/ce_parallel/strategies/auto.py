@@ -24,8 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import MapCancelledError
-from ..executor import ParallelExecutor, annotate_item_error
-from ..progress import Progress
+from ..executor import MapCall, ParallelExecutor, annotate_item_error
 from ..resources import Resources
 from ..selection import (
     SELECTABLE,
@@ -188,16 +187,8 @@ class AutoExecutor(ParallelExecutor):
 
     # -- the map ----------------------------------------------------------------------------
 
-    def _map(
-        self,
-        fn: Callable[..., Any],
-        work: list[Any],
-        chunksize: int | None,
-        deadline: float | None,
-        seeds: list[Any] | None,
-        bar: Progress | None,
-        limit: float | None,
-    ) -> list[Any]:
+    def _map(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        fn, bar = call.fn, call.bar
         started = time.perf_counter()
         head: list[Any] = []
         measured: _Measured | None = None
@@ -244,11 +235,9 @@ class AutoExecutor(ParallelExecutor):
             if not rest:
                 tail: list[Any] = []
             elif selection.strategy == "sequential" and measured is not None:
-                tail = self._run_serially(fn, rest, rest_seeds, deadline, bar, offset=done)
+                tail = self._run_serially(call, rest, rest_seeds, offset=done)
             else:
-                tail = self._run_pooled(
-                    selection.strategy, fn, rest, rest_seeds, done, chunksize, deadline, bar, limit
-                )
+                tail = self._run_pooled(selection.strategy, call, rest, rest_seeds, done)
         finally:
             wall = time.perf_counter() - started
             self.metrics.add(maps=1, tasks_submitted=len(work), total_duration=wall)
@@ -261,14 +250,10 @@ class AutoExecutor(ParallelExecutor):
     def _run_pooled(
         self,
         strategy: str,
-        fn: Callable[..., Any],
+        call: MapCall,
         rest: list[Any],
         seeds: list[Any] | None,
         offset: int,
-        chunksize: int | None,
-        deadline: float | None,
-        bar: Progress | None,
-        limit: float | None,
     ) -> list[Any]:
         head: list[Any] = []
         if strategy in _BACKGROUND_START and self.config.worker_initializer is None:
@@ -276,7 +261,7 @@ class AutoExecutor(ParallelExecutor):
             # Run items here until the pool is up, instead of waiting idle for it.
             while rest and not warmup.ready.is_set():
                 head += self._run_serially(
-                    fn, rest[:1], None if seeds is None else seeds[:1], deadline, bar, offset
+                    call, rest[:1], None if seeds is None else seeds[:1], offset
                 )
                 rest, seeds, offset = rest[1:], None if seeds is None else seeds[1:], offset + 1
             if not rest:
@@ -287,7 +272,7 @@ class AutoExecutor(ParallelExecutor):
             if self._cancel_event.is_set():
                 raise MapCancelledError("map() was cancelled by cancel()")
             try:
-                return head + delegate._map(fn, rest, chunksize, deadline, seeds, bar, limit)
+                return head + delegate._map(call, rest, seeds)
             except BaseException as exc:
                 _shift_item_index(exc, offset, strategy)
                 raise

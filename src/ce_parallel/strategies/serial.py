@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ..executor import ParallelExecutor
-from ..progress import Progress
+from ..executor import MapCall, ParallelExecutor
 from ..resources import CpuBudget
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
@@ -23,16 +21,7 @@ class SerialExecutor(ParallelExecutor):
     def _effective_workers(self, budget: CpuBudget) -> int:
         return 1
 
-    def _map(
-        self,
-        fn: Callable[..., Any],
-        work: list[Any],
-        chunksize: int | None,
-        deadline: float | None,
-        seeds: list[Any] | None,
-        bar: Progress | None,
-        limit: float | None,
-    ) -> list[Any]:
+    def _map(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         self.metrics.add(tasks_submitted=len(work), maps=1)
         if not self._initialized and self.config.worker_initializer is not None:
             # the calling thread is this strategy's one worker
@@ -40,7 +29,7 @@ class SerialExecutor(ParallelExecutor):
         self._initialized = True
         started = time.perf_counter()
         try:
-            results = self._run_serially(fn, work, seeds, deadline, bar)
+            results = self._run_serially(call, work, seeds)
         finally:
             wall = time.perf_counter() - started
             self.metrics.add(total_duration=wall, busy_time=wall)
