@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .. import telemetry
 from ..errors import MapCancelledError
 from ..executor import MapCall, ParallelExecutor, annotate_item_error
 from ..resources import Resources
@@ -214,21 +215,8 @@ class AutoExecutor(ParallelExecutor):
                 self._warm_in_background(whole.strategy)
         self.last_selection = selection
         self.last_strategy, self.last_reason = selection.strategy, selection.reason
-        self._emit(
-            "decision",
-            {
-                "source": "auto",
-                "strategy": selection.strategy,
-                "reason": selection.reason,
-                "items": len(work),
-                "pilot_items": done,
-                "per_item_seconds": None if measured is None else measured.per_item_seconds,
-                "holds_gil": None if measured is None else measured.holds_gil,
-                "estimates": selection.estimates,
-                "budget": self.budget.count,
-                "limited_by": self.budget.limited_by,
-            },
-        )
+        if telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
+            self._emit_decision(selection, measured, len(work), done)
         rest = work[done:] if done else work
         rest_seeds = seeds[done:] if seeds is not None and done else seeds
         try:
@@ -246,6 +234,25 @@ class AutoExecutor(ParallelExecutor):
             return tail
         tail[:0] = head
         return tail
+
+    def _emit_decision(
+        self, selection: Selection, measured: _Measured | None, items: int, done: int
+    ) -> None:
+        self._emit(
+            "decision",
+            {
+                "source": "auto",
+                "strategy": selection.strategy,
+                "reason": selection.reason,
+                "items": items,
+                "pilot_items": done,
+                "per_item_seconds": None if measured is None else measured.per_item_seconds,
+                "holds_gil": None if measured is None else measured.holds_gil,
+                "estimates": selection.estimates,
+                "budget": self.budget.count,
+                "limited_by": self.budget.limited_by,
+            },
+        )
 
     def _run_pooled(
         self,
