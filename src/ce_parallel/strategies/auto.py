@@ -40,6 +40,8 @@ from ..worker import ChunkJob, ChunkOutcome
 
 #: How many functions' measurements an executor remembers (least recently used are dropped).
 PROFILE_CACHE_SIZE = 32
+#: How many selections an executor remembers (cleared when full).
+SELECTION_CACHE_SIZE = 256
 _POOLED = ("threads", "processes", "joblib")
 _BACKGROUND_START = frozenset({"processes", "joblib"})
 
@@ -95,6 +97,7 @@ class AutoExecutor(ParallelExecutor):
         self._delegates: dict[str, ParallelExecutor] = {}
         self._warmups: dict[str, _Warmup] = {}
         self._profiles: OrderedDict[Hashable, _Measured] = OrderedDict()
+        self._selections: dict[tuple[Any, ...], Selection] = {}
         #: The strategy and reason of the last map (what ran the items after the pilot).
         self.last_strategy: str | None = None
         self.last_reason: str | None = None
@@ -167,6 +170,17 @@ class AutoExecutor(ParallelExecutor):
 
     def _select(self, n: int, measured: _Measured | None, assume_warm: bool = False) -> Selection:
         warm = frozenset(_POOLED) if assume_warm else self._warm_pools()
+        # a selection depends only on these and on what the executor fixed at construction, and
+        # a repeated map asks the same question again: answer it from memory
+        key = (n, measured, warm)
+        known = self._selections.get(key)
+        if known is None:
+            if len(self._selections) >= SELECTION_CACHE_SIZE:
+                self._selections.clear()
+            known = self._selections[key] = self._new_selection(n, measured, warm)
+        return known
+
+    def _new_selection(self, n: int, measured: _Measured | None, warm: frozenset[str]) -> Selection:
         if measured is None:
             profile = WorkloadProfile(
                 n_items=n,
