@@ -494,16 +494,19 @@ class ParallelExecutor(ABC):
         work: Sequence[Any],
         seeds: Sequence[Any] | None,
         offset: int = 0,
+        per_item_s: float | None = None,
     ) -> list[Any]:
         """The serial loop, in the calling thread, in blocks of about ``SERIAL_BLOCK_TARGET_S``.
 
-        The first block is one item; each next block is sized from the measured cost, so a
-        trivial function costs what the plain loop costs while ``cancel()`` and ``timeout`` are
-        still noticed between blocks.
+        The first block is one item, or sized from ``per_item_s`` when the cost of an item is
+        already known; each next block is sized from the measured cost, so a trivial function
+        costs what the plain loop costs while ``cancel()`` and ``timeout`` are still noticed
+        between blocks.
         """
         fn, deadline, bar = call.fn, call.deadline, call.bar
         out: list[Any] = []
-        n, pos, block = len(work), 0, 1
+        n, pos = len(work), 0
+        block = 1 if not per_item_s else max(1, int(SERIAL_BLOCK_TARGET_S / per_item_s))
         while pos < n:
             if self._cancel_event.is_set():
                 self.metrics.add(cancellations=1)

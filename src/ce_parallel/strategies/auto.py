@@ -237,7 +237,9 @@ class AutoExecutor(ParallelExecutor):
             if not rest:
                 tail: list[Any] = []
             elif selection.strategy == "sequential" and measured is not None:
-                tail = self._run_serially(call, rest, rest_seeds, offset=done)
+                tail = self._run_serially(
+                    call, rest, rest_seeds, offset=done, per_item_s=measured.per_item_seconds
+                )
             else:
                 tail = self._run_pooled(selection.strategy, call, rest, rest_seeds, done)
         finally:
