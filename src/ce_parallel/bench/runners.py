@@ -99,7 +99,10 @@ def _ce_start(strategy: str, workers: int) -> Callable[[], _CeState]:
         from ce_parallel.executor import create_executor
 
         recorder = _ChoiceRecorder()
-        executor = create_executor(_ce_config(strategy, recorder))
+        # fallback="raise": a strategy whose backend is missing (dask without its extra) must
+        # show as unavailable, not be timed running the serial fallback under its own name
+        config = _ce_config(strategy, recorder).replace(fallback="raise")
+        executor = create_executor(config)
         try:
             executor.map(warm_imports, _warmup_items(workers))
         except BaseException:
