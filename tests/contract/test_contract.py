@@ -247,7 +247,7 @@ def test_results_only_cloudpickle_can_carry_still_come_back(executor: ParallelEx
     import gc
 
     # a closure as a result: the standard pickler refuses it, the pool's cloudpickle takes it
-    makers = executor.map(lambda x: (lambda: x * 3), range(12))
+    makers = executor.map(lambda x: lambda: x * 3, range(12))
     assert [make() for make in makers] == [x * 3 for x in range(12)]
     # results of many small objects travel packed; the collector is running again afterwards
     rows = executor.map(lambda x: [{"i": x, "v": [x] * 3} for _ in range(50)], range(20))
