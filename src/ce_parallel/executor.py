@@ -298,17 +298,12 @@ class ParallelExecutor(ABC):
             error_type = type(exc)
         recover = self.config.fallback_to_serial
         following = self.start_fallback if recover else "raise"
-        self.metrics.add(fallbacks=1)
-        self._emit(
-            "fallback",
-            telemetry.fallback_record(
-                strategy=self.name,
-                cause=error_type.__name__,
-                failure=exc,
-                action="serial" if following == "sequential" else following,
-                items=len(work),
-                stage="start",
-            ),
+        self._record_fallback(
+            error_type,
+            exc,
+            action="serial" if following == "sequential" else following,
+            items=len(work),
+            stage="start",
         )
         if not recover:
             raise error_type(
@@ -458,18 +453,13 @@ class ParallelExecutor(ABC):
         unfinished = [i for i, part in enumerate(outcomes) if part is None]
         items = [k for i in unfinished for k in range(*chunks[i])]
         self._release_pool(kill=True)  # a broken pool is replaced on the next map
-        self.metrics.add(fallbacks=1)
         recover = self.config.fallback_to_serial
-        self._emit(
-            "fallback",
-            telemetry.fallback_record(
-                strategy=self.name,
-                cause=error_type.__name__,
-                failure=first,
-                action="serial" if recover else "raise",
-                items=len(items),
-                chunks=unfinished,
-            ),
+        self._record_fallback(
+            error_type,
+            first,
+            action="serial" if recover else "raise",
+            items=len(items),
+            chunks=unfinished,
         )
         if not recover:
             raise error_type(
@@ -556,6 +546,31 @@ class ParallelExecutor(ABC):
             else:
                 block *= 2
         return out
+
+    def _record_fallback(
+        self,
+        error_type: type[ParallelExecutionError],
+        failure: BaseException,
+        *,
+        action: str,
+        items: int,
+        chunks: list[int] | None = None,
+        stage: str = "run",
+    ) -> None:
+        """Count one fallback and emit its record (every fallback is recorded, whatever next)."""
+        self.metrics.add(fallbacks=1)
+        self._emit(
+            "fallback",
+            telemetry.fallback_record(
+                strategy=self.name,
+                cause=error_type.__name__,
+                failure=failure,
+                action=action,
+                items=items,
+                chunks=chunks,
+                stage=stage,
+            ),
+        )
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         telemetry.emit(
