@@ -174,17 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         f"decision: {decision.decision} on {decision.strategy} x {decision.workers} "
         f"({decision.reason}: {decision.detail})"
     )
-    write_csv(rows, args.out)
+    report(rows, args.out, f"{wall:.1f} s on {len({row['pid'] for row in rows})} process(es)")
+    return 0
+
+
+def report(rows: list[dict[str, Any]], out: str, where: str) -> None:
+    """Write the CSV and print the best setting (``where``: how and where the sweep ran)."""
+    write_csv(rows, out)
     best = min(rows, key=lambda row: row["ece"])
     print(
-        f"{len(rows)} settings in {wall:.1f} s on {len({row['pid'] for row in rows})} "
-        f"process(es); lowest ECE {best['ece']:.4f}: {best['model']} + {best['method']} "
-        f"(seed {best['seed']}); results in {args.out}"
+        f"{len(rows)} settings in {where}; lowest ECE {best['ece']:.4f}: {best['model']} + "
+        f"{best['method']} (seed {best['seed']}); results in {out}"
     )
     telemetry = os.environ.get("CE_PARALLEL_TELEMETRY")
     if telemetry:
         print(f"telemetry records appended to {telemetry}")
-    return 0
 
 
 if __name__ == "__main__":

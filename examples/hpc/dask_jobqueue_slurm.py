@@ -14,7 +14,6 @@ imported without ``--local``).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -95,16 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                 workers = executor.workers
     finally:
         cluster.close()
-    sweep.write_csv(rows, args.out)
-    best = min(rows, key=lambda row: row["ece"])
-    print(
-        f"{len(rows)} settings in {wall:.1f} s on {workers} dask worker thread(s) "
-        f"({len({row['pid'] for row in rows})} processes); lowest ECE {best['ece']:.4f}: "
-        f"{best['model']} + {best['method']}; results in {args.out}"
+    processes = len({row["pid"] for row in rows})
+    sweep.report(
+        rows, args.out, f"{wall:.1f} s on {workers} dask worker thread(s) ({processes} processes)"
     )
-    telemetry = os.environ.get("CE_PARALLEL_TELEMETRY")
-    if telemetry:
-        print(f"telemetry records appended to {telemetry}")
     return 0
 
 
