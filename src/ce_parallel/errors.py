@@ -7,8 +7,9 @@ machinery itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import CancelledError
+import pickle
+from collections.abc import Iterator, Sequence
+from concurrent.futures import BrokenExecutor, CancelledError
 
 
 class ConfigurationError(ValueError):
@@ -49,6 +50,35 @@ class MapCancelledError(CancelledError):
     """A running ``map`` was stopped by ``executor.cancel()``."""
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def classify_failure(exc: BaseException) -> type[ParallelExecutionError]:
+    """The typed error that describes an infrastructure failure, told by exception *type*.
+
+    The exception and its causes are looked at in turn: one of ours keeps its type; a pickling
+    error means the work could not cross a process boundary; a broken executor (loky's
+    ``TerminatedWorkerError``, ``BrokenProcessPool``, ...) means a worker died; an import error
+    means a backend is missing. Anything else is a plain ``ParallelExecutionError``.
+    """
+    for link in _chain(exc):
+        if isinstance(link, ParallelExecutionError):
+            return type(link)
+        if isinstance(link, (pickle.PicklingError, pickle.UnpicklingError)):
+            return SerializationError
+        if isinstance(link, BrokenExecutor):
+            return WorkerCrashedError
+        if isinstance(link, ImportError):
+            return BackendUnavailableError
+    return ParallelExecutionError
+
+
 __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
@@ -56,4 +86,5 @@ __all__ = [
     "ParallelExecutionError",
     "SerializationError",
     "WorkerCrashedError",
+    "classify_failure",
 ]
