@@ -17,13 +17,13 @@ APPENDIX = Path(__file__).resolve().parent / "appendix.md"
 #: Constants of the executor machinery that are not decisions but shape every map.
 EXECUTOR_CONSTANTS: tuple[tuple[str, str, str], ...] = (
     (
-        "ce_parallel.executor",
+        "ce_parallel.engine",
         "POLL_INTERVAL_S",
         "How often a waiting map checks its deadline and the cancel flag; bounds how late a "
         "timeout or cancel() is noticed.",
     ),
     (
-        "ce_parallel.executor",
+        "ce_parallel.serial_loop",
         "SERIAL_BLOCK_TARGET_S",
         "The serial loop runs items in blocks sized from the measured cost to take about this "
         "long: a trivial function runs in one or two blocks and costs what the plain loop "

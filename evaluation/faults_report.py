@@ -90,7 +90,7 @@ def start_failure_rows() -> list[Row]:
     from ce_parallel import ParallelConfig, ProcessExecutor
 
     class BrokenProcesses(ProcessExecutor):
-        def _start_pool(self) -> None:
+        def start_pool(self) -> None:
             raise OSError("cannot start workers (injected)")
 
     records: list[tuple[str, dict[str, Any]]] = []

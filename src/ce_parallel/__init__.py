@@ -28,6 +28,10 @@ _LAZY: dict[str, str] = {
     "FullMatrixWarning": ".decision",
     "ParallelExecutor": ".executor",
     "create_executor": ".executor",
+    "PooledExecutor": ".engine",
+    "StrategyRecord": ".registry",
+    "register_strategy": ".registry",
+    "strategy_names": ".registry",
     "SerialExecutor": ".strategies.serial",
     "ThreadExecutor": ".strategies.threads",
     "ProcessExecutor": ".strategies.processes",
@@ -44,10 +48,12 @@ _LAZY: dict[str, str] = {
 
 if TYPE_CHECKING:
     from .decision import FullMatrixWarning, ParallelDecision
+    from .engine import PooledExecutor
     from .executor import ParallelExecutor, create_executor
     from .facade import ParallelFacade
     from .forksafety import register_fork_hook
     from .metrics import ParallelMetrics
+    from .registry import StrategyRecord, register_strategy, strategy_names
     from .resources import CpuBudget, cpu_budget
     from .selection import WorkloadProfile, select_strategy
     from .strategies.dask import DaskExecutor
@@ -85,9 +91,11 @@ __all__ = [
     "ParallelExecutor",
     "ParallelFacade",
     "ParallelMetrics",
+    "PooledExecutor",
     "ProcessExecutor",
     "SerialExecutor",
     "SerializationError",
+    "StrategyRecord",
     "ThreadExecutor",
     "WorkerCrashedError",
     "WorkloadProfile",
@@ -96,5 +104,7 @@ __all__ = [
     "create_executor",
     "in_worker",
     "register_fork_hook",
+    "register_strategy",
     "select_strategy",
+    "strategy_names",
 ]

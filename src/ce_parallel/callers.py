@@ -8,11 +8,10 @@ stands for, whether it is switched on, and how many workers it has.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from .config import STRATEGIES
 from .errors import ConfigurationError
+from .registry import strategy_records
 
 #: Strategy reported for a caller's executor whose kind cannot be told from its type.
 EXTERNAL = "external"
@@ -37,12 +36,13 @@ def type_name(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-@functools.cache
 def executor_class_name(strategy: str) -> str:
-    from .strategies import REGISTRY
-
-    target = REGISTRY.get(strategy)
-    return target.rpartition(":")[2] if target else EXTERNAL
+    """The class name of the executor registered for ``strategy`` (nothing is imported)."""
+    record = strategy_records().get(strategy)
+    if record is None:
+        return EXTERNAL
+    target = record.executor
+    return target.rpartition(":")[2] if isinstance(target, str) else target.__name__
 
 
 def describe_executor(executor: Any) -> tuple[str, bool, int | None]:
@@ -59,7 +59,11 @@ def describe_executor(executor: Any) -> tuple[str, bool, int | None]:
     config = getattr(executor, "config", None)
     enabled = getattr(config, "enabled", True) is not False
     declared = getattr(config, "strategy", None)
-    kind = declared if declared in STRATEGIES else kind_from_type(executor)
+    kind = (
+        declared
+        if isinstance(declared, str) and declared in strategy_records()
+        else kind_from_type(executor)
+    )
     workers = None
     for value in (
         getattr(executor, "_max_workers", None),

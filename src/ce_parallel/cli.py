@@ -101,14 +101,17 @@ def _backend_facts() -> list[dict[str, Any]]:
 
 
 def _strategy_facts() -> dict[str, bool]:
-    """Whether the module of each registered strategy exists in this install (not imported)."""
-    from .strategies import REGISTRY
+    """Whether each registered strategy can run in this install (its modules are found)."""
+    from .registry import strategy_records
 
     present = {}
-    for name, target in REGISTRY.items():
-        module = target.partition(":")[0]
+    for name, record in strategy_records().items():
+        target = record.executor
+        modules = record.requires
+        if isinstance(target, str):
+            modules = (target.partition(":")[0], *modules)
         try:
-            present[name] = importlib.util.find_spec(module) is not None
+            present[name] = all(importlib.util.find_spec(m) is not None for m in modules)
         except (ImportError, ValueError):
             present[name] = False
     return present

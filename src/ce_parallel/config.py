@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .checks import (
+    OFF_WORDS,
+    ON_WORDS,
+    check_bool,
+    check_callable,
+    check_int,
+    check_seconds,
+    parse_switch,
+    rejected,
+    switch_word,
+)
 from .errors import ConfigurationError
+from .registry import strategy_names
 
-StrategyName = Literal["sequential", "threads", "processes", "joblib", "dask", "auto"]
+#: A registered strategy name (see ``ce_parallel.registry``): the built-in ones are
+#: ``sequential``, ``threads``, ``processes``, ``joblib``, ``dask`` and ``auto``.
+StrategyName = str
 FallbackMode = Literal["serial", "raise"]
 
-#: Every strategy name a config accepts.
-STRATEGIES: tuple[str, ...] = ("sequential", "threads", "processes", "joblib", "dask", "auto")
-#: Strategies the facade offers without the full-matrix flag.
-CONSERVATIVE_STRATEGIES: tuple[str, ...] = ("sequential", "threads", "joblib")
 FALLBACK_MODES: tuple[str, ...] = ("serial", "raise")
 
 ENV_MAIN = "CE_PARALLEL"
@@ -28,51 +39,29 @@ ENV_FULL = "CE_PARALLEL_FULL"
 ENV_TELEMETRY = "CE_PARALLEL_TELEMETRY"
 ENV_DASK_ADDRESS = "CE_PARALLEL_DASK_ADDRESS"
 
-_ENABLE_WORDS = frozenset({"on", "1", "true", "enable"})
-_DISABLE_WORDS = frozenset({"off", "0", "false"})
-_FULL_ON = frozenset({"1", "true", "on", "yes"})
-_FULL_OFF = frozenset({"", "0", "false", "off", "no"})
-
-# key=value tokens of CE_PARALLEL: token key -> (config field, parser, smallest accepted value)
-_NUMERIC_TOKENS: dict[str, tuple[str, type, float]] = {
-    "workers": ("max_workers", int, 1),
-    "min_batch": ("min_batch_size", int, 1),
-    "min_instances": ("min_instances_for_parallel", int, 1),
-    "tiny": ("tiny_workload_threshold", int, 1),
-    "instance_chunk": ("instance_chunk_size", int, 1),
-    "task_bytes": ("task_size_hint_bytes", int, 0),
+# key=value tokens of CE_PARALLEL: token key -> (config field, smallest accepted value)
+_NUMERIC_TOKENS: dict[str, tuple[str, int]] = {
+    "workers": ("max_workers", 1),
+    "min_batch": ("min_batch_size", 1),
+    "min_instances": ("min_instances_for_parallel", 1),
+    "tiny": ("tiny_workload_threshold", 1),
+    "instance_chunk": ("instance_chunk_size", 1),
+    "task_bytes": ("task_size_hint_bytes", 0),
 }
 
-ACCEPTED_TOKENS_TEXT = (
-    "off|0|false, on|1|true|enable, "
-    + "|".join(STRATEGIES)
-    + ", workers=N, min_batch=N, min_instances=N, tiny=N, instance_chunk=N (N >= 1), "
-    "task_bytes=N (N >= 0), timeout=S (S > 0), fallback=serial|raise"
-)
 
-
-def _bad(field: str, value: Any, accepted: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"ParallelConfig.{field}={value!r} is not accepted; expected {accepted}"
+def accepted_tokens_text() -> str:
+    """Every ``CE_PARALLEL`` token, for error messages (strategies as registered now)."""
+    return (
+        f"{'|'.join(sorted(OFF_WORDS))}, {'|'.join(sorted(ON_WORDS))}, "
+        + "|".join(strategy_names())
+        + ", workers=N, min_batch=N, min_instances=N, tiny=N, instance_chunk=N (N >= 1), "
+        "task_bytes=N (N >= 0), timeout=S (S > 0), fallback=serial|raise"
     )
 
 
-def _check_int(field: str, value: Any, minimum: int, *, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        none = " or None" if optional else ""
-        raise _bad(field, value, f"an integer >= {minimum}{none}")
-
-
-def _check_bool(field: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise _bad(field, value, "True or False")
-
-
-def _check_callable(field: str, value: Any) -> None:
-    if value is not None and not callable(value):
-        raise _bad(field, value, "a callable or None")
+def _field(name: str) -> str:
+    return f"ParallelConfig.{name}"
 
 
 @dataclass
@@ -104,37 +93,44 @@ class ParallelConfig:
     dask_address: str | None = None
 
     def __post_init__(self) -> None:
-        _check_bool("enabled", self.enabled)
-        if self.strategy not in STRATEGIES:
-            raise _bad("strategy", self.strategy, "one of " + ", ".join(STRATEGIES))
-        _check_int("max_workers", self.max_workers, 1, optional=True)
-        _check_int("min_batch_size", self.min_batch_size, 1, optional=False)
-        _check_int("min_instances_for_parallel", self.min_instances_for_parallel, 1, optional=True)
-        _check_int("tiny_workload_threshold", self.tiny_workload_threshold, 1, optional=True)
-        _check_int("instance_chunk_size", self.instance_chunk_size, 1, optional=True)
-        _check_int("task_size_hint_bytes", self.task_size_hint_bytes, 0, optional=False)
-        _check_bool("force_serial_on_failure", self.force_serial_on_failure)
-        _check_callable("telemetry", self.telemetry)
-        _check_callable("worker_initializer", self.worker_initializer)
+        self.validate()
+
+    def validate(self) -> ParallelConfig:
+        """Check every field (again); a bad value raises ``ConfigurationError`` naming it.
+
+        Runs on construction, and again wherever a config is used (an executor, a facade), so a
+        field changed after construction is checked before it takes effect. Returns ``self``.
+        """
+        check_bool(_field("enabled"), self.enabled)
+        names = strategy_names()
+        if self.strategy not in names:
+            raise rejected(_field("strategy"), self.strategy, "one of " + ", ".join(names))
+        check_int(_field("max_workers"), self.max_workers, 1)
+        check_int(_field("min_batch_size"), self.min_batch_size, 1, optional=False)
+        check_int(_field("min_instances_for_parallel"), self.min_instances_for_parallel, 1)
+        check_int(_field("tiny_workload_threshold"), self.tiny_workload_threshold, 1)
+        check_int(_field("instance_chunk_size"), self.instance_chunk_size, 1)
+        check_int(_field("task_size_hint_bytes"), self.task_size_hint_bytes, 0, optional=False)
+        check_bool(_field("force_serial_on_failure"), self.force_serial_on_failure)
+        check_callable(_field("telemetry"), self.telemetry)
+        check_callable(_field("worker_initializer"), self.worker_initializer)
         if self.worker_init_args is not None:
             if not isinstance(self.worker_init_args, (tuple, list)):
-                raise _bad("worker_init_args", self.worker_init_args, "a tuple, a list or None")
+                raise rejected(
+                    _field("worker_init_args"), self.worker_init_args, "a tuple, a list or None"
+                )
             self.worker_init_args = tuple(self.worker_init_args)
-        _check_bool("full_matrix", self.full_matrix)
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, (int, float))
-            or not self.timeout > 0
-        ):
-            raise _bad("timeout", self.timeout, "a number of seconds > 0 or None")
+        check_bool(_field("full_matrix"), self.full_matrix)
+        check_seconds(_field("timeout"), self.timeout)
         if self.fallback not in FALLBACK_MODES:
-            raise _bad("fallback", self.fallback, "'serial' or 'raise'")
-        for field in ("telemetry_path", "dask_address"):
-            value = getattr(self, field)
+            raise rejected(_field("fallback"), self.fallback, "'serial' or 'raise'")
+        for name in ("telemetry_path", "dask_address"):
+            value = getattr(self, name)
             if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise _bad(field, value, "a string or None")
+                raise rejected(_field(name), value, "a string or None")
             if isinstance(value, os.PathLike):
-                setattr(self, field, os.fspath(value))
+                setattr(self, name, os.fspath(value))
+        return self
 
     @property
     def fallback_to_serial(self) -> bool:
@@ -163,14 +159,8 @@ class ParallelConfig:
         env = os.environ if environ is None else environ
         changes = parse_ce_parallel(env.get(ENV_MAIN, ""))
         full = env.get(ENV_FULL)
-        if full is not None:
-            word = full.strip().lower()
-            if word in _FULL_ON:
-                changes["full_matrix"] = True
-            elif word not in _FULL_OFF:
-                raise ConfigurationError(
-                    f"{ENV_FULL}={full!r} is not accepted; expected 1/true/on or 0/false/off"
-                )
+        if full is not None and full.strip():
+            changes["full_matrix"] = parse_switch(ENV_FULL, full)
         path = env.get(ENV_TELEMETRY, "").strip()
         if path:
             changes["telemetry_path"] = path
@@ -194,37 +184,57 @@ def operator_switch(environ: Mapping[str, str] | None = None) -> bool | None:
 def parse_ce_parallel(raw: str) -> dict[str, Any]:
     """Parse a ``CE_PARALLEL`` value into ``ParallelConfig`` field changes.
 
-    Tokens are comma-separated; spaces and case are ignored. ``off`` wins over any enabling
-    token in the same value, so an operator's kill switch cannot be undone by a later token.
+    Tokens are comma-separated; spaces and case are ignored. An off word (``off``, ``0``,
+    ``false``, ``no``, ``disable``) is the operator's kill switch: it wins over any enabling
+    token in the same value, and a malformed token beside it cannot undo it (it is reported as
+    a ``ConfigurationWarning`` instead of an error, so that ``off`` always switches off).
     """
     changes: dict[str, Any] = {}
     disabled = False
+    errors: list[ConfigurationError] = []
+    names = strategy_names()
     for piece in raw.split(","):
         token = piece.strip().lower().replace(" ", "")
         if not token:
             continue
-        if token in _DISABLE_WORDS:
+        switch = switch_word(token)
+        if switch is False:
             disabled = True
-        elif token in _ENABLE_WORDS:
+        elif switch is True:
             changes["enabled"] = True
-        elif token in STRATEGIES:
+        elif token in names:
             changes["strategy"] = token
             changes["enabled"] = True
         elif "=" in token:
             key, _, value = token.partition("=")
-            changes.update(_parse_keyed(piece.strip(), key, value))
+            try:
+                changes.update(_parse_keyed(piece.strip(), key, value))
+            except ConfigurationError as exc:
+                errors.append(exc)
         else:
-            raise _env_error(piece.strip(), "unknown token")
+            errors.append(_env_error(piece.strip(), "unknown token"))
     if disabled:
-        changes["enabled"] = False
+        for error in errors:
+            warnings.warn(
+                f"{error} (ignored: {ENV_MAIN} also says off, which wins)",
+                ConfigurationWarning,
+                stacklevel=2,
+            )
+        return {**changes, "enabled": False}
+    if errors:
+        raise errors[0]
     return changes
+
+
+class ConfigurationWarning(UserWarning):
+    """A setting was malformed but ignored, because the operator's kill switch wins."""
 
 
 def _parse_keyed(token: str, key: str, value: str) -> dict[str, Any]:
     if key in _NUMERIC_TOKENS:
-        field, kind, minimum = _NUMERIC_TOKENS[key]
+        field, minimum = _NUMERIC_TOKENS[key]
         try:
-            number = kind(value)
+            number = int(value)
         except ValueError:
             raise _env_error(token, "not a whole number") from None
         if number < minimum:
@@ -248,14 +258,14 @@ def _parse_keyed(token: str, key: str, value: str) -> dict[str, Any]:
 def _env_error(token: str, why: str) -> ConfigurationError:
     return ConfigurationError(
         f"{ENV_MAIN} token {token!r} is not accepted ({why}); "
-        f"accepted tokens: {ACCEPTED_TOKENS_TEXT}"
+        f"accepted tokens: {accepted_tokens_text()}"
     )
 
 
 __all__ = [
-    "CONSERVATIVE_STRATEGIES",
-    "STRATEGIES",
+    "ConfigurationWarning",
     "ParallelConfig",
+    "accepted_tokens_text",
     "operator_switch",
     "parse_ce_parallel",
 ]

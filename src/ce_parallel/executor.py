@@ -1,66 +1,35 @@
 """The executor contract: ``ParallelExecutor`` and ``create_executor``.
 
-``ParallelExecutor.map`` owns everything strategies have in common: validating input, cutting
-items into chunks, waiting with a deadline and a cancel flag, putting results back in input
-order, attaching the failing item's index to a user exception, falling back when the machinery
-breaks, metrics and telemetry. A strategy only says how to start a pool, submit chunks, abort
-running work and release the pool (the hooks at the end of the class).
+``ParallelExecutor`` is small and shaped like ``concurrent.futures.Executor``: ``map``,
+``cancel``, ``shutdown``, a context manager and ``metrics``. ``map`` validates the call, builds a
+``MapCall`` and hands it to ``execute``, which each kind of executor implements: the pooled
+engine (``engine.PooledExecutor``) for strategies that run chunks on a pool, the serial loop for
+``sequential``, a choice per map for ``auto``. The facts about a strategy (does it pickle work,
+are its workers child processes) come from its registry record, never from a list here.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import uuid
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
-from dataclasses import dataclass
-from operator import length_hint
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import telemetry
+from .checks import check_int, check_seconds, rejected
 from .config import ParallelConfig
-from .errors import (
-    BackendUnavailableError,
-    ConfigurationError,
-    MapCancelledError,
-    ParallelExecutionError,
-    SerializationError,
-    WorkerCrashedError,
-)
+from .errors import ConfigurationError
 from .heuristics import CHUNKS_PER_WORKER
 from .metrics import ParallelMetrics
 from .progress import Progress
+from .registry import StrategyRecord, strategy_class, strategy_records
 from .resources import CpuBudget, Resources, cpu_budget
-from .worker import ChunkJob, ChunkOutcome, WorkerSetup, call_with_rng, in_worker
-
-#: How often (seconds) a waiting ``map`` wakes to check its deadline and the cancel flag; this
-#: bounds how late a timeout or ``cancel()`` is noticed.
-POLL_INTERVAL_S = 0.05
-#: The serial loop runs items in blocks sized, from the measured cost, to take about this long:
-#: a trivial function then runs in one or two blocks and costs what the plain loop costs, while
-#: ``cancel()`` and timeouts are still noticed within about this long.
-SERIAL_BLOCK_TARGET_S = 0.02
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigurationError(
-            f"{name}={value!r} is not accepted; expected an integer >= 1 or None"
-        )
-
-
-def _check_timeout(value: Any) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
-    ):
-        raise ConfigurationError(
-            f"timeout={value!r} is not accepted; expected a number of seconds > 0 or None"
-        )
+from .serial_loop import run_serially
+from .worker import in_worker
 
 
 def annotate_item_error(
@@ -93,7 +62,9 @@ class MapCall:
     """What one ``map`` call asked for, apart from its items and seeds (which get sliced).
 
     ``limit`` is the timeout in seconds (for messages), ``deadline`` the ``time.monotonic()``
-    by which the call must finish, ``bar`` its progress bar.
+    by which the call must finish, ``bar`` its progress bar. ``cancelled`` is this call's own
+    flag: ``cancel()`` and ``shutdown()`` set it, and an executor that takes the call over (a
+    fallback, auto's chosen executor) watches the same flag.
     """
 
     fn: Callable[..., Any]
@@ -101,6 +72,12 @@ class MapCall:
     limit: float | None = None
     deadline: float | None = None
     bar: Progress | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+#: The record of an executor class that was never registered (used directly, in tests).
+def _unregistered(name: str) -> StrategyRecord:
+    return StrategyRecord(name or "unregistered", object)
 
 
 class ParallelExecutor(ABC):
@@ -110,16 +87,13 @@ class ParallelExecutor(ABC):
     item run once. A user exception propagates with its own type and the failing item's index;
     only failures of the machinery (a pool that cannot start, a dead worker, something that
     cannot be pickled) fall back to running the unfinished chunks serially, and each fallback is
-    recorded. Pools start on first use and are reused until ``shutdown()``.
+    recorded. Pools start on first use and are reused until ``shutdown()``. One executor may be
+    used from many threads at once, and from inside its own ``fn`` (that nested map runs
+    serially in place); no lock is held while user code runs.
     """
 
-    #: Strategy name, as ``ParallelConfig.strategy`` spells it.
+    #: Strategy name, as registered (``ce_parallel.registry``) and as ``ParallelConfig`` spells it.
     name: ClassVar[str] = ""
-    #: Whether work crosses a process boundary (so exceptions must be picklable).
-    crosses_processes: ClassVar[bool] = False
-    #: The strategy that runs the map when this one's pool cannot start (``fallback="serial"``):
-    #: each step of the chain (processes -> threads -> sequential) emits one fallback record.
-    start_fallback: ClassVar[str] = "sequential"
 
     def __init__(
         self,
@@ -129,19 +103,21 @@ class ParallelExecutor(ABC):
         resources: Resources | None = None,
     ) -> None:
         if config is not None and not isinstance(config, ParallelConfig):
-            raise ConfigurationError(
-                f"config={config!r} is not accepted; expected a ce_parallel.ParallelConfig or None"
-            )
-        _check_positive_int("max_workers", max_workers)
-        self.config = config if config is not None else ParallelConfig()
+            raise rejected("config", config, "a ce_parallel.ParallelConfig or None")
+        check_int("max_workers", max_workers, 1)
+        self.config = (config if config is not None else ParallelConfig()).validate()
+        #: What the registry says about this strategy (``pickles_work``, ``separate_processes``).
+        self.record: StrategyRecord = strategy_records().get(self.name) or _unregistered(self.name)
         cap = max_workers if max_workers is not None else self.config.max_workers
         self.budget = _capped_budget(resources.budget if resources else None, cap)
         self.resources = resources
-        self.workers = self._effective_workers(self.budget)
+        # an explicit count is honoured even above the budget (I/O-bound work wants more
+        # threads than CPUs); the budget is the default, not a ceiling
+        self.workers = self._effective_workers(cap if cap is not None else self.budget.count)
         self.metrics = ParallelMetrics(max_workers=self.workers)
-        self._map_lock = threading.Lock()
         self._pool_lock = threading.Lock()
-        self._cancel_event = threading.Event()
+        self._calls_lock = threading.Lock()
+        self._active: set[threading.Event] = set()
         self._closed = False
         self._token = uuid.uuid4().hex
 
@@ -167,10 +143,10 @@ class ParallelExecutor(ABC):
         """
         if not callable(fn):
             raise TypeError(f"map() needs a callable as fn; got {type(fn).__name__}: {fn!r}")
-        _check_positive_int("chunksize", chunksize)
-        _check_timeout(timeout)
-        if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} has been shut down; create a new one")
+        check_int("chunksize", chunksize, 1)
+        check_seconds("timeout", timeout)
+        self.config.validate()
+        self._check_open()
         work = items if isinstance(items, list) else list(items)
         if not work:
             return []
@@ -179,34 +155,83 @@ class ParallelExecutor(ABC):
         seeds = spawn_seeds(seed, len(work)) if seed is not None else None
         bar = Progress(len(work), f"ce-parallel {self.name}") if progress else None
         call = MapCall(fn, chunksize, limit, deadline, bar)
-        with self._map_lock:
-            self._cancel_event.clear()
-            try:
-                if self.name != "sequential" and in_worker():
-                    self._emit("nested", {"items": len(work), "reason": "nested_worker"})
-                    return self._run_serially(call, work, seeds)
-                return self._map(call, work, seeds)
-            finally:
-                if bar is not None:
-                    bar.close()
+        with self._calls_lock:
+            self._check_open()
+            self._active.add(call.cancelled)
+        try:
+            if in_worker() and self.workers > 1:
+                # inside one of our workers: no pool in a pool, and never wait for ourselves
+                self._emit("nested", {"items": len(work), "reason": "nested_worker"})
+                return self.run_serially(call, work, seeds)
+            return self.execute(call, work, seeds)
+        finally:
+            with self._calls_lock:
+                self._active.discard(call.cancelled)
+            if bar is not None:
+                bar.close()
+
+    @abstractmethod
+    def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """Run a prepared call over ``work`` (a non-empty list) and return its results in order.
+
+        This is what ``map`` calls after validating its arguments, and how one executor hands a
+        call to another (a start-up fallback, auto's chosen strategy): the receiving executor
+        watches ``call.cancelled`` and ``call.deadline`` as its own.
+        """
+
+    def run_serially(
+        self,
+        call: MapCall,
+        work: Sequence[Any],
+        seeds: Sequence[Any] | None,
+        *,
+        offset: int = 0,
+        per_item_s: float | None = None,
+    ) -> list[Any]:
+        """The serial loop (``serial_loop.run_serially``) under this executor's name and metrics."""
+        return run_serially(
+            call,
+            work,
+            seeds,
+            strategy=self.name,
+            metrics=self.metrics,
+            offset=offset,
+            per_item_s=per_item_s,
+        )
 
     def cancel(self) -> None:
-        """Stop the running ``map`` (from another thread): it raises ``MapCancelledError``."""
-        self._cancel_event.set()
+        """Stop every running ``map`` of this executor (from another thread): each raises
+        ``MapCancelledError``."""
+        with self._calls_lock:
+            active = list(self._active)
+        for flag in active:
+            flag.set()
 
     def shutdown(self, cancel: bool = False) -> None:
         """Release every worker this executor started; waits for them unless ``cancel``.
 
-        After it returns no worker process, thread or pipe of ours is left.
+        After it returns no worker process, thread or pipe of ours is left, and a later ``map``
+        raises instead of starting a new pool.
         """
+        with self._calls_lock:
+            self._closed = True
         if cancel:
-            self._cancel_event.set()
-        self._closed = True
-        self._release_pool(kill=cancel)
+            self.cancel()
+        self.release_pool(kill=cancel)
+
+    def release_pool(self, kill: bool) -> None:  # noqa: B027 - a hook with nothing to release
+        """Release the pool and every worker it started (idempotent); ``kill`` does not wait.
+
+        Executors that start no workers keep this default, which does nothing.
+        """
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``shutdown()`` was called."""
+        return self._closed
 
     def __enter__(self) -> ParallelExecutor:
-        if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} has been shut down; create a new one")
+        self._check_open()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -218,393 +243,19 @@ class ParallelExecutor(ABC):
             f"limited_by={self.budget.limited_by!r})"
         )
 
-    # -- the common machinery -----------------------------------------------------------------
+    # -- shared by every kind of executor ---------------------------------------------------
 
-    def _effective_workers(self, budget: CpuBudget) -> int:
-        return budget.count
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} has been shut down; create a new one")
 
-    def plan_chunks(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
-        """Cut ``n`` items into ``(start, stop)`` ranges."""
-        size = chunksize or self.config.instance_chunk_size or default_chunksize(n, self.workers)
-        return [(start, min(start + size, n)) for start in range(0, n, size)]
-
-    def _map(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
-        started = time.perf_counter()
-        chunks = self.plan_chunks(len(work), call.chunksize)
-        fallbacks = 0
-        error: BaseException | None = None
-        self.metrics.add(tasks_submitted=len(work), chunks=len(chunks), maps=1)
-        outcomes: list[list[Any] | None] = [None] * len(chunks)
-        busy = 0.0
-        try:
-            try:
-                self._start_pool()
-            except Exception as start_error:
-                fallbacks = 1
-                done = self._start_failed(start_error, call, work, seeds)
-                self.metrics.add(tasks_completed=len(done))
-                return done
-            failures: dict[int, BaseException]
-            try:
-                jobs = [self._job(call.fn, work, seeds, a, b) for a, b in chunks]
-                futures = self._submit_chunks(jobs)
-            except Exception as exc:
-                # the pool refused the work: nothing ran, all is unfinished
-                failures = {i: exc for i in range(len(chunks))}
-            else:
-                busy, failures = self._collect(futures, chunks, outcomes, call)
-            if failures:
-                fallbacks = 1
-                self._fall_back(call, work, seeds, chunks, outcomes, failures)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            wall = time.perf_counter() - started
-            self.metrics.add(total_duration=wall, busy_time=busy)
-            self._emit(
-                "run",
-                telemetry.run_record(
-                    strategy=self.name,
-                    items=len(work),
-                    chunks=len(chunks),
-                    workers=self.workers,
-                    wall_time_s=wall,
-                    busy_time_s=busy,
-                    fallbacks=fallbacks,
-                    error=error,
-                ),
-            )
-        results: list[Any] = []
-        for part in outcomes:
-            assert part is not None
-            results.extend(part)
-        self.metrics.add(tasks_completed=len(results))
-        return results
-
-    def _start_failed(
-        self, exc: Exception, call: MapCall, work: list[Any], seeds: list[Any] | None
-    ) -> list[Any]:
-        """The pool could not start: run the whole map on the next strategy of the chain.
-
-        With ``fallback="raise"`` this raises ``BackendUnavailableError`` (or the more specific
-        error the cause shows) listing every item. Otherwise one fallback record names this
-        step; the substitute executor lives for this map only, so the next map tries this
-        strategy's pool again, and its own start failure is the next step of the chain.
-        """
-        # whatever the message says, no worker ran: the backend is what is unavailable
-        error_type: type[ParallelExecutionError] = BackendUnavailableError
-        if isinstance(exc, ParallelExecutionError):
-            error_type = type(exc)
-        recover = self.config.fallback_to_serial
-        following = self.start_fallback if recover else "raise"
-        self._record_fallback(
-            error_type,
-            exc,
-            action="serial" if following == "sequential" else following,
-            items=len(work),
-            stage="start",
-        )
-        if not recover:
-            raise error_type(
-                f"strategy {self.name!r} could not start its pool: {type(exc).__name__}: {exc}",
-                incomplete=range(len(work)),
-            ) from exc
-        if following == "sequential" or following == self.name:
-            return self._run_serially(call, work, seeds)
-        from .strategies import strategy_class
-
-        substitute = strategy_class(following)(
-            self.config, max_workers=self.workers, resources=self.resources
-        )
-        # the caller's cancel() must reach the substitute's wait loop
-        substitute._cancel_event = self._cancel_event
-        try:
-            return substitute._map(call, work, seeds)
-        finally:
-            substitute.shutdown()
-
-    def _job(
-        self, fn: Callable[..., Any], work: list[Any], seeds: list[Any] | None, a: int, b: int
-    ) -> ChunkJob:
-        return ChunkJob(
-            fn=fn,
-            start=a,
-            items=work[a:b],
-            seeds=None if seeds is None else seeds[a:b],
-            setup=self._worker_setup(),
-            check_pickle=self.crosses_processes,
-        )
-
-    def _worker_setup(self) -> WorkerSetup:
-        from .resources import threads_per_worker
-
-        return WorkerSetup(
-            token=self._token,
-            per_thread=not self.crosses_processes,
-            blas_threads=(
-                threads_per_worker(self.budget.count, self.workers)
-                if self.crosses_processes
-                else None
-            ),
-            initializer=self.config.worker_initializer,
-            init_args=tuple(self.config.worker_init_args or ()),
-            parent_pid=os.getpid(),
-        )
-
-    def _collect(
-        self,
-        futures: Sequence[Future[ChunkOutcome]],
-        chunks: list[tuple[int, int]],
-        outcomes: list[list[Any] | None],
-        call: MapCall,
-    ) -> tuple[float, dict[int, BaseException]]:
-        """Wait for every chunk; return busy seconds and the chunks the machinery lost.
-
-        On the first user error the chunks not yet running are cancelled; running chunks before
-        it are awaited so that the error raised is the one the serial loop would raise.
-        """
-        deadline, bar = call.deadline, call.bar
-        index_of = {fut: i for i, fut in enumerate(futures)}
-        pending = set(futures)
-        failures: dict[int, BaseException] = {}
-        user_errors: dict[int, ChunkOutcome] = {}
-        busy = 0.0
-        try:
-            while pending:
-                timeout = POLL_INTERVAL_S
-                if deadline is not None:
-                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-                done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i = index_of[fut]
-                    try:
-                        outcome = fut.result()
-                    except CancelledError:
-                        continue
-                    except Exception as exc:
-                        failures[i] = exc
-                        continue
-                    busy += outcome.busy_seconds
-                    if outcome.fork_hooks is not None:
-                        ran, failed = outcome.fork_hooks
-                        self._emit(
-                            "fork_hooks",
-                            {
-                                "strategy": self.name,
-                                "pid": outcome.pid,
-                                "hooks": ran,
-                                "failed": failed,
-                            },
-                        )
-                    if outcome.error is not None:
-                        user_errors[i] = outcome
-                    else:
-                        outcomes[i] = outcome.take_results()
-                        if bar is not None:
-                            bar.update(chunks[i][1] - chunks[i][0])
-                if user_errors:
-                    first = min(user_errors)
-                    dropped = {f for f in pending if f.cancel() or index_of[f] > first}
-                    if dropped:
-                        pending -= dropped
-                        self._abort(dropped, kill=False)
-                if self._cancel_event.is_set():
-                    self.metrics.add(cancellations=1)
-                    raise MapCancelledError("map() was cancelled by cancel()")
-                if pending and deadline is not None and time.monotonic() >= deadline:
-                    self.metrics.add(timeouts=1)
-                    finished = sum(
-                        b - a for i, (a, b) in enumerate(chunks) if outcomes[i] is not None
-                    )
-                    raise TimeoutError(
-                        f"map() did not finish within timeout={call.limit} s on strategy "
-                        f"{self.name!r} ({finished} of {chunks[-1][1]} items finished)"
-                    )
-        except BaseException:
-            # KeyboardInterrupt, timeout, cancel: leave no work running behind the caller
-            self._abort(pending, kill=True)
-            raise
-        if user_errors:
-            self.metrics.add(failures=1)
-            outcome = user_errors[min(user_errors)]
-            error = outcome.error
-            assert error is not None
-            if outcome.error_index is None:
-                if hasattr(error, "add_note"):
-                    error.add_note("ce-parallel: raised by ParallelConfig.worker_initializer")
-            else:
-                annotate_item_error(error, outcome.error_index, self.name, outcome.remote_traceback)
-            raise error
-        return busy, failures
-
-    def _fall_back(
-        self,
-        call: MapCall,
-        work: list[Any],
-        seeds: list[Any] | None,
-        chunks: list[tuple[int, int]],
-        outcomes: list[list[Any] | None],
-        failures: dict[int, BaseException],
-    ) -> None:
-        """The machinery lost some chunks: re-run exactly those serially, or raise."""
-        first = failures[min(failures)]
-        error_type = classify_failure(first)
-        unfinished = [i for i, part in enumerate(outcomes) if part is None]
-        items = [k for i in unfinished for k in range(*chunks[i])]
-        self._release_pool(kill=True)  # a broken pool is replaced on the next map
-        recover = self.config.fallback_to_serial
-        self._record_fallback(
-            error_type,
-            first,
-            action="serial" if recover else "raise",
-            items=len(items),
-            chunks=unfinished,
-        )
-        if not recover:
-            raise error_type(
-                f"strategy {self.name!r} failed: {type(first).__name__}: {first}", incomplete=items
-            ) from first
-        if self.config.force_serial_on_failure:
-            warnings.warn(
-                f"ce-parallel: strategy {self.name!r} failed ({type(first).__name__}: {first}); "
-                f"re-running {len(items)} unfinished items serially",
-                UserWarning,
-                stacklevel=4,
-            )
-        for i in unfinished:
-            a, b = chunks[i]
-            outcomes[i] = self._run_serially(
-                call, work[a:b], None if seeds is None else seeds[a:b], offset=a
-            )
-
-    def _run_serially(
-        self,
-        call: MapCall,
-        work: Sequence[Any],
-        seeds: Sequence[Any] | None,
-        offset: int = 0,
-        per_item_s: float | None = None,
-    ) -> list[Any]:
-        """The serial loop, in the calling thread, in blocks of about ``SERIAL_BLOCK_TARGET_S``.
-
-        The first block is one item, or sized from ``per_item_s`` when the cost of an item is
-        already known; each next block is sized from the measured cost, so a trivial function
-        costs what the plain loop costs while ``cancel()`` and ``timeout`` are still noticed
-        between blocks.
-        """
-        fn, deadline, bar = call.fn, call.deadline, call.bar
-        out: list[Any] = []
-        n, pos = len(work), 0
-        block = 1 if not per_item_s else max(1, int(SERIAL_BLOCK_TARGET_S / per_item_s))
-        while pos < n:
-            if self._cancel_event.is_set():
-                self.metrics.add(cancellations=1)
-                raise MapCancelledError("map() was cancelled by cancel()")
-            if deadline is not None and time.monotonic() >= deadline:
-                self.metrics.add(timeouts=1)
-                raise TimeoutError(
-                    f"map() did not finish within its timeout on strategy {self.name!r} "
-                    f"({offset + pos} items finished)"
-                )
-            size = min(block, n - pos)
-            if size == n - pos and isinstance(work, list):
-                # the last block: iterate the list itself from pos instead of copying a slice
-                rest = iter(work)
-                rest.__setstate__(pos)  # type: ignore[attr-defined]
-            else:
-                rest = iter(work[pos : pos + size])
-            tick = time.perf_counter()
-            try:
-                # a comprehension, not map(): Python-to-Python calls are cheaper from bytecode
-                if seeds is None:
-                    part = [fn(item) for item in rest]
-                else:
-                    part = [
-                        call_with_rng(fn, item, seed)
-                        for item, seed in zip(rest, seeds[pos : pos + size], strict=True)
-                    ]
-            except Exception as exc:
-                self.metrics.add(failures=1)
-                # the iterator has already given up the failing item
-                index = offset + pos + size - length_hint(rest) - 1
-                annotate_item_error(exc, index, self.name, None)
-                raise
-            took = time.perf_counter() - tick
-            if len(part) > len(out):
-                # prepend the short head rather than copy the long tail onto it
-                part[:0] = out
-                out = part
-            else:
-                out += part
-            pos += size
-            if bar is not None:
-                bar.update(size)
-            # size the next block from the measured cost so that it takes about the target
-            if took > 0:
-                block = max(1, int(SERIAL_BLOCK_TARGET_S * size / took))
-            else:
-                block *= 2
-        return out
-
-    def _record_fallback(
-        self,
-        error_type: type[ParallelExecutionError],
-        failure: BaseException,
-        *,
-        action: str,
-        items: int,
-        chunks: list[int] | None = None,
-        stage: str = "run",
-    ) -> None:
-        """Count one fallback and emit its record (every fallback is recorded, whatever next)."""
-        self.metrics.add(fallbacks=1)
-        self._emit(
-            "fallback",
-            telemetry.fallback_record(
-                strategy=self.name,
-                cause=error_type.__name__,
-                failure=failure,
-                action=action,
-                items=items,
-                chunks=chunks,
-                stage=stage,
-            ),
-        )
+    def _effective_workers(self, requested: int) -> int:
+        return requested
 
     def _emit(self, event: str, payload: dict[str, Any]) -> None:
         telemetry.emit(
             event, payload, callback=self.config.telemetry, path=self.config.telemetry_path
         )
-
-    # -- strategy hooks ---------------------------------------------------------------------
-
-    @abstractmethod
-    def _start_pool(self) -> None:
-        """Create the pool if there is none (idempotent). Raise if it cannot start."""
-
-    @abstractmethod
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        """Send every job to the pool; one future per job, in the same order."""
-
-    def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
-        """Stop work that is still queued or running (after an error, timeout or cancel).
-
-        Queued chunks are cancelled. With ``kill``, a strategy whose workers are processes
-        releases its pool at once: a busy worker process cannot be interrupted politely, and
-        the next map starts a fresh pool. (Its futures are left to the killed pool, which fails
-        them itself: cancelling them first makes loky's manager thread trip over their state.)
-        A thread cannot be killed: its current chunk finishes and its result is discarded.
-        """
-        if kill and self.crosses_processes:
-            self._release_pool(kill=True)
-            return
-        for fut in pending:
-            fut.cancel()
-
-    @abstractmethod
-    def _release_pool(self, kill: bool) -> None:
-        """Release the pool and every worker it started (idempotent); ``kill`` does not wait."""
 
 
 def _capped_budget(budget: CpuBudget | None, cap: int | None) -> CpuBudget:
@@ -620,34 +271,24 @@ def default_chunksize(n: int, workers: int) -> int:
     return max(1, math.ceil(n / (max(1, workers) * CHUNKS_PER_WORKER)))
 
 
-def classify_failure(exc: BaseException) -> type[ParallelExecutionError]:
-    """Map an infrastructure exception to the typed error that describes it."""
-    from concurrent.futures import BrokenExecutor
-
-    if isinstance(exc, ParallelExecutionError):
-        return type(exc)
-    if isinstance(exc, ImportError):
-        return BackendUnavailableError
-    text = f"{type(exc).__name__} {exc}".lower()
-    if "pickl" in text or "serializ" in text:
-        return SerializationError
-    if isinstance(exc, BrokenExecutor) or "terminated" in text or "worker" in text:
-        return WorkerCrashedError
-    return ParallelExecutionError
-
-
 def create_executor(
     config: ParallelConfig | None = None,
     *,
     max_workers: int | None = None,
     resources: Resources | None = None,
 ) -> ParallelExecutor:
-    """Return the executor that ``config.strategy`` names (``auto`` picks per workload)."""
-    from .strategies import strategy_class
-
-    cfg = config if config is not None else ParallelConfig()
+    """Return the executor that ``config.strategy`` names, as the registry records it."""
+    cfg = (config if config is not None else ParallelConfig()).validate()
     cls = strategy_class(cfg.strategy)
-    return cls(cfg, max_workers=max_workers, resources=resources)
+    executor: ParallelExecutor = cls(cfg, max_workers=max_workers, resources=resources)
+    return executor
 
 
-__all__ = ["ParallelExecutor", "classify_failure", "create_executor", "default_chunksize"]
+__all__ = [
+    "MapCall",
+    "ParallelExecutor",
+    "annotate_item_error",
+    "create_executor",
+    "default_chunksize",
+    "spawn_seeds",
+]

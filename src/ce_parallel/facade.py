@@ -38,29 +38,23 @@ from .callers import (
     is_ours,
     type_name,
 )
-from .config import (
-    CONSERVATIVE_STRATEGIES,
-    ENV_FULL,
-    ENV_MAIN,
-    STRATEGIES,
-    ParallelConfig,
-    operator_switch,
-)
+from .config import ENV_FULL, ENV_MAIN, ParallelConfig, operator_switch
 from .decision import FullMatrixWarning, ParallelDecision
 from .errors import ConfigurationError
+from .registry import conservative_strategies, strategy_records
 from .resources import Resources, detect_resources
 from .telemetry import TelemetryCallback, emit, fallback_record, run_record, wanted
 from .worker import IN_WORKER_ENV, call_with_rng, in_worker
 
 R = TypeVar("R")
 
-#: Strategies available only with the full matrix (``full_matrix=True`` or ``CE_PARALLEL_FULL=1``).
-FULL_MATRIX_STRATEGIES: tuple[str, ...] = tuple(
-    s for s in STRATEGIES if s not in CONSERVATIVE_STRATEGIES
-)
-#: Strategies whose tasks are pickled to other processes (the payload rule applies to them).
-PROCESS_STRATEGIES = frozenset({"processes", "joblib", "dask"})
 _SERIAL_EXECUTOR_TYPE = "SerialExecutor"
+
+
+def full_matrix_strategies() -> tuple[str, ...]:
+    """Strategies available only with the full matrix (``full_matrix=True`` or
+    ``CE_PARALLEL_FULL=1``): every registered one outside the conservative subset."""
+    return tuple(n for n, r in strategy_records().items() if not r.conservative)
 
 
 #: Decisions the facade remembers for its own path (its inputs repeat across calls in a loop);
@@ -243,7 +237,9 @@ class ParallelFacade:
         # The full-matrix gate comes first, so that whatever rule decides below, the decision
         # never names a strategy outside the subset and the caller is told once.
         requested = candidate.requested
-        gated = requested in FULL_MATRIX_STRATEGIES and not config.full_matrix
+        records = strategy_records()
+        known = records.get(requested)
+        gated = known is not None and not known.conservative and not config.full_matrix
         if gated:
             self._warn_full_matrix(requested)
             strategy = heuristics.FULL_MATRIX_SUBSTITUTE
@@ -313,7 +309,8 @@ class ParallelFacade:
                 f"tiny_workload_threshold={tiny}"
             )
         elif (
-            strategy in PROCESS_STRATEGIES
+            strategy in records
+            and records[strategy].pickles_work
             and payload is not None
             and (payload > heuristics.PROCESS_MAX_TASK_BYTES)
         ):
@@ -382,12 +379,12 @@ class ParallelFacade:
         It is charged on every decision, so that a decision never depends on whether an
         earlier call already warmed a pool.
         """
-        if strategy in PROCESS_STRATEGIES:
-            # loky-based pools, never cheaper than the platform's own start method
-            return max(self.resources.process_start_s, self.resources.spawn_cost_s)
-        # threads, and kinds whose pool the facade cannot see (auto chooses per workload,
-        # a caller's executor is already running): the cheapest start-up
-        return self.resources.thread_start_s
+        record = strategy_records().get(strategy)
+        if record is None or record.chooses or record.start_cost == "none":
+            # kinds whose pool the facade cannot see (auto chooses per workload, a caller's
+            # executor is already running): the cheapest start-up
+            return self.resources.thread_start_s
+        return record.start_cost_s(self.resources)
 
     def _warn_full_matrix(self, requested: str) -> None:
         with self._lock:
@@ -396,7 +393,7 @@ class ParallelFacade:
             self._warned_full_matrix = True
         warnings.warn(
             f"strategy {requested!r} is outside the conservative subset "
-            f"({', '.join(CONSERVATIVE_STRATEGIES)}); running "
+            f"({', '.join(conservative_strategies())}); running "
             f"{heuristics.FULL_MATRIX_SUBSTITUTE!r} instead. Set {ENV_FULL}=1 or "
             "ParallelConfig(full_matrix=True) to use it.",
             FullMatrixWarning,
@@ -465,7 +462,8 @@ class ParallelFacade:
         seed: Any,
     ) -> list[R]:
         """Run on a caller's executor; its infrastructure failures fall back like ours do."""
-        from .executor import classify_failure, spawn_seeds
+        from .errors import classify_failure
+        from .executor import spawn_seeds
 
         call: Callable[..., Any] = fn
         args: list[Any] = work
@@ -589,4 +587,4 @@ def _check_count(name: str, value: Any, minimum: int) -> None:
         )
 
 
-__all__ = ["FULL_MATRIX_STRATEGIES", "PROCESS_STRATEGIES", "ParallelFacade"]
+__all__ = ["ParallelFacade", "full_matrix_strategies"]

@@ -7,20 +7,17 @@ only when it beats the serial loop by ``AUTO_MIN_SPEEDUP``; every threshold is a
 of ``heuristics`` with the workload that justifies it. Same inputs, same answer: nothing here
 reads the clock or the environment.
 
-``pilot`` is the measurement: it runs the first items in the calling thread (and, when needed,
-a few more on two threads at once) and keeps their results.
+The candidates are the registered strategies that auto may choose (``registry``); each is
+estimated from its record's facts: a strategy that pickles work pays per-chunk dispatch and the
+transfer of its payload, and cannot help GIL-free work; one that does not runs in this process and
+cannot help GIL-bound work. The measurement itself is ``pilot.pilot``.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from itertools import repeat
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from .heuristics import (
     AUTO_EXPECTED_MAPS_PER_POOL,
@@ -28,24 +25,18 @@ from .heuristics import (
     AUTO_MIN_SPEEDUP,
     CHUNKS_PER_WORKER,
     FACADE_SECONDS_PER_WORK_ITEM,
-    GIL_RELEASE_MIN_SCALING,
-    JOBLIB_CALL_OVERHEAD_S,
-    PILOT_MAX_FRACTION,
-    PILOT_MIN_CPU_RATIO,
-    PILOT_TARGET_S,
-    PROBE_MAX_FRACTION,
-    PROBE_MIN_ITEMS_PER_THREAD,
-    PROBE_TARGET_S,
     PROCESS_BYTES_PER_S,
     PROCESS_CHUNK_OVERHEAD_S,
     PROCESS_MAX_TASK_BYTES,
     THREAD_CHUNK_OVERHEAD_S,
 )
+from .registry import strategy_record, strategy_records
 from .resources import Resources
 
-#: Strategies ``_auto_strategy`` may return.
-SELECTABLE: tuple[str, ...] = ("sequential", "threads", "processes", "joblib")
-_PROCESS_BASED = frozenset({"processes", "joblib"})
+
+def selectable() -> tuple[str, ...]:
+    """The strategies ``_auto_strategy`` may return: those registered with ``auto_may_choose``."""
+    return tuple(n for n, r in strategy_records().items() if r.auto_may_choose)
 
 
 @dataclass(frozen=True)
@@ -95,16 +86,20 @@ def explain_selection(
     profile: WorkloadProfile,
     resources: Resources,
     *,
-    allowed: Sequence[str] = SELECTABLE,
+    allowed: Sequence[str] | None = None,
 ) -> Selection:
     """The strategy for ``profile`` on ``resources``, with its reason and the estimates.
 
-    ``allowed`` restricts the answer (``sequential`` is always allowed). Deterministic.
+    ``allowed`` restricts the answer (default: ``selectable()``; ``sequential`` is always
+    allowed). Deterministic.
     """
-    unknown = set(allowed) - set(SELECTABLE)
+    candidates_in_order = selectable()
+    allowed = candidates_in_order if allowed is None else tuple(allowed)
+    unknown = set(allowed) - set(candidates_in_order)
     if unknown:
         raise ValueError(
-            f"allowed={tuple(allowed)!r} is not accepted; strategies must be among {SELECTABLE}"
+            f"allowed={tuple(allowed)!r} is not accepted; strategies must be among "
+            f"{candidates_in_order}"
         )
     n = profile.n_items
     budget = resources.budget
@@ -150,30 +145,35 @@ def explain_selection(
 
     estimates: dict[str, float] = {"sequential": serial}
     excluded: dict[str, str] = {}
-    if profile.holds_gil is True:
-        excluded["threads"] = "items hold the GIL, so threads run them one at a time"
-    else:
-        estimates["threads"] = (
-            start("threads", resources.thread_start_s) + ideal + chunks * THREAD_CHUNK_OVERHEAD_S
-        )
-    if payload >= PROCESS_MAX_TASK_BYTES:
-        reason = f"items carry {payload:,} bytes, which process workers would have to pickle"
-        excluded["processes"] = excluded["joblib"] = reason
-    elif profile.holds_gil is False:
-        reason = "items release the GIL, so threads run them in parallel without pickling"
-        excluded["processes"] = excluded["joblib"] = reason
-    else:
-        transfer = (n * payload + chunks * (profile.fn_bytes or 0)) / PROCESS_BYTES_PER_S
-        processes = ideal + chunks * PROCESS_CHUNK_OVERHEAD_S + transfer
-        estimates["processes"] = start("processes", resources.process_start_s) + processes
-        estimates["joblib"] = (
-            start("joblib", resources.process_start_s) + processes + JOBLIB_CALL_OVERHEAD_S
-        )
-    if not measured and profile.holds_gil is None:
-        # Unmeasured work could be GIL-bound (threads lose) or GIL-free (processes pay for
-        # pickling); joblib's defaults were within reach of the best on both kinds.
-        excluded.setdefault("threads", "nothing was measured, so threads may meet the GIL")
-        excluded.setdefault("processes", "nothing was measured; joblib is the robust default")
+    transfer = (n * payload + chunks * (profile.fn_bytes or 0)) / PROCESS_BYTES_PER_S
+    for name in allowed:
+        if name == "sequential":
+            continue
+        record = strategy_record(name)
+        opening = start(name, record.start_cost_s(resources)) + record.per_map_overhead_s
+        if not record.pickles_work:
+            if profile.holds_gil is True:
+                excluded[name] = "items hold the GIL, so threads run them one at a time"
+            else:
+                estimates[name] = opening + ideal + chunks * THREAD_CHUNK_OVERHEAD_S
+        elif payload >= PROCESS_MAX_TASK_BYTES:
+            excluded[name] = (
+                f"items carry {payload:,} bytes, which process workers would have to pickle"
+            )
+        elif profile.holds_gil is False:
+            excluded[name] = (
+                "items release the GIL, so threads run them in parallel without pickling"
+            )
+        else:
+            estimates[name] = opening + ideal + chunks * PROCESS_CHUNK_OVERHEAD_S + transfer
+        if not measured and profile.holds_gil is None and name not in excluded:
+            # Unmeasured work could be GIL-bound (threads lose) or GIL-free (processes pay for
+            # pickling); joblib's defaults (conservative and pickling) were within reach of the
+            # best on both kinds.
+            if not record.pickles_work:
+                excluded[name] = "nothing was measured, so threads may meet the GIL"
+            elif not record.conservative:
+                excluded[name] = "nothing was measured; joblib is the robust default"
 
     candidates = {
         s: t
@@ -187,8 +187,8 @@ def explain_selection(
     if not candidates:
         why = "; ".join(sorted(set(excluded.values()))) or "no parallel strategy is allowed"
         return Selection("sequential", f"{what}; {why}", estimates)
-    # Lowest estimate; ties go to the strategy listed first in SELECTABLE (cheapest machinery).
-    best = min(candidates, key=lambda s: (candidates[s], SELECTABLE.index(s)))
+    # Lowest estimate; ties go to the strategy registered first (cheapest machinery).
+    best = min(candidates, key=lambda s: (candidates[s], candidates_in_order.index(s)))
     speedup = serial / candidates[best] if candidates[best] > 0 else math.inf
     if speedup < AUTO_MIN_SPEEDUP:
         return Selection(
@@ -197,7 +197,7 @@ def explain_selection(
             f"(needs {AUTO_MIN_SPEEDUP}x)",
             estimates,
         )
-    notes = [excluded[s] for s in ("threads", "processes") if s in excluded]
+    notes = list(excluded.values())
     gil = {True: "hold the GIL", False: "release the GIL", None: "GIL use unmeasured"}
     reason = (
         f"{what}; items {gil[profile.holds_gil]}; {best} estimated "
@@ -212,7 +212,7 @@ def _auto_strategy(
     profile: WorkloadProfile,
     resources: Resources,
     *,
-    allowed: Sequence[str] = SELECTABLE,
+    allowed: Sequence[str] | None = None,
 ) -> tuple[str, str]:
     """``(strategy, reason)`` for ``profile`` on ``resources``; see ``explain_selection``.
 
@@ -226,208 +226,10 @@ def _auto_strategy(
 select_strategy = _auto_strategy
 
 
-# --- measurement ----------------------------------------------------------------------------
-
-
-@dataclass
-class PilotResult:
-    """What the pilot ran and measured. ``results`` are those of items ``0 .. done - 1``."""
-
-    results: list[Any]
-    per_item_seconds: float
-    cpu_ratio: float
-    holds_gil: bool | None = None
-    thread_scaling: float | None = None
-
-    @property
-    def done(self) -> int:
-        """How many of the first items the pilot ran (their results are kept)."""
-        return len(self.results)
-
-
-def _call(fn: Callable[..., Any], items: Sequence[Any], seeds: Sequence[Any] | None) -> list[Any]:
-    if seeds is None:
-        return list(map(fn, items))
-    from .worker import call_with_rng
-
-    return list(map(call_with_rng, repeat(fn), items, seeds))
-
-
-class PilotError(Exception):
-    """Wraps the caller's exception raised by item ``index`` during the pilot."""
-
-    def __init__(self, index: int, error: BaseException) -> None:
-        super().__init__(index, error)
-        self.index, self.error = index, error
-
-
-def time_first_items(
-    fn: Callable[..., Any],
-    items: Sequence[Any],
-    seeds: Sequence[Any] | None = None,
-    *,
-    target_s: float = PILOT_TARGET_S,
-    max_items: int | None = None,
-) -> PilotResult:
-    """Run the first items in this thread, in growing blocks, until ``target_s`` has passed.
-
-    At most ``max_items`` items (default: ``PILOT_MAX_FRACTION`` of them, at least one) run.
-    Measures wall and CPU seconds per item. A caller's exception is raised as ``PilotError``
-    with the failing item's index.
-    """
-    limit = max_items if max_items is not None else max(1, int(len(items) * PILOT_MAX_FRACTION))
-    limit = min(limit, len(items))
-    results: list[Any] = []
-    block = 1
-    wall_start, cpu_start = time.perf_counter(), time.process_time()
-    while len(results) < limit:
-        stop = min(limit, len(results) + block)
-        part = items[len(results) : stop]
-        try:
-            results.extend(_call(fn, part, None if seeds is None else seeds[len(results) : stop]))
-        except Exception as exc:
-            raise PilotError(len(results), exc) from exc
-        if time.perf_counter() - wall_start >= target_s:
-            break
-        block *= 2
-    wall = time.perf_counter() - wall_start
-    cpu = time.process_time() - cpu_start
-    return PilotResult(results, wall / len(results), cpu / wall if wall > 0 else 1.0)
-
-
-def probe_threads(
-    fn: Callable[..., Any],
-    items: Sequence[Any],
-    seeds: Sequence[Any] | None,
-    threads: int,
-) -> tuple[list[Any], float, float]:
-    """Run ``items`` split over ``threads`` threads at once.
-
-    Returns the results, the wall seconds, and the CPU seconds the threads used in all (each
-    thread's own ``time.thread_time``). A caller's exception is raised as ``PilotError`` with the
-    smallest failing index.
-    """
-    from .worker import ChunkJob, run_chunk
-
-    size = math.ceil(len(items) / threads)
-    bounds = [(a, min(a + size, len(items))) for a in range(0, len(items), size)]
-    outcomes: list[Any] = [None] * len(bounds)
-    cpu: list[float] = [0.0] * len(bounds)
-    barrier = threading.Barrier(len(bounds) + 1)
-
-    def work(i: int, a: int, b: int) -> None:
-        job = ChunkJob(fn, a, items[a:b], None if seeds is None else seeds[a:b])
-        barrier.wait()
-        started = time.thread_time()
-        outcomes[i] = run_chunk(job)
-        cpu[i] = time.thread_time() - started
-
-    pool = [
-        threading.Thread(target=work, args=(i, a, b), name="ce-parallel-probe", daemon=True)
-        for i, (a, b) in enumerate(bounds)
-    ]
-    for thread in pool:
-        thread.start()
-    barrier.wait()
-    wall_start = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    wall = time.perf_counter() - wall_start
-    failed = [o for o in outcomes if o.error is not None]
-    if failed:
-        first = min(failed, key=lambda o: o.error_index)
-        raise PilotError(first.error_index, first.error)
-    results = [r for o in outcomes for r in o.results]
-    return results, wall, sum(cpu)
-
-
-def pilot(
-    fn: Callable[..., Any],
-    items: Sequence[Any],
-    seeds: Sequence[Any] | None = None,
-    *,
-    threads: int = 2,
-    holds_gil: bool | None = None,
-) -> PilotResult:
-    """Measure the first items of a map: seconds per item, CPU use, and whether they hold the GIL.
-
-    Runs items in this thread until ``PILOT_TARGET_S`` has passed (at most
-    ``PILOT_MAX_FRACTION`` of them). Unless the remaining work is under
-    ``AUTO_MIN_PARALLEL_WORK_S`` or each item already keeps several CPUs busy, the next items
-    (enough for ``PROBE_TARGET_S`` per thread, at most ``PROBE_MAX_FRACTION`` of them) run on
-    ``threads`` threads at once; their speed-up over the serial rate says whether they hold the
-    GIL. Speed-up is measured on the wall clock, not CPU time, so a machine busy with other
-    processes does not make CPU-bound work look like waiting. Every result is kept.
-    """
-    result = time_first_items(fn, items, seeds)
-    if holds_gil is not None:
-        return replace(result, holds_gil=holds_gil)
-    remaining = len(items) - result.done
-    if remaining * result.per_item_seconds < AUTO_MIN_PARALLEL_WORK_S:
-        return result
-    if result.cpu_ratio >= 1 + GIL_RELEASE_MIN_SCALING:
-        return result  # each item already keeps more than a CPU busy (threaded BLAS)
-    wanted_items = threads * math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
-    # the share cap bounds the probe on long maps; the minimum per thread wins over it on short
-    # ones, where one item per thread would leave the verdict to start-up skew
-    capped = min(wanted_items, int(len(items) * PROBE_MAX_FRACTION))
-    count = min(remaining, max(threads * PROBE_MIN_ITEMS_PER_THREAD, capped))
-    if threads < 2 or count < threads:
-        return result
-    start = result.done
-    more, wall, cpu = probe_threads(
-        fn,
-        items[start : start + count],
-        None if seeds is None else seeds[start : start + count],
-        threads,
-    )
-    scaling = count * result.per_item_seconds / wall if wall > 0 else float(threads)
-    # How much more CPU the threads kept busy than the serial pilot did. Items that hold the
-    # GIL keep one CPU busy however many threads run them; items that release it keep one per
-    # thread. Comparing CPU use rather than item throughput does not depend on how well the
-    # pilot's first (often slower, cold) items predict the next ones, and dividing by the
-    # pilot's own CPU share cancels most of the effect of other processes on the machine.
-    # Items that mostly wait (sleep, I/O) use too little CPU to tell: their wall-clock speed-up
-    # on threads says it instead.
-    wanted = 1 + GIL_RELEASE_MIN_SCALING * (min(threads, count) - 1)
-    if result.cpu_ratio < PILOT_MIN_CPU_RATIO:
-        parallelism = scaling
-    else:
-        busy = cpu / wall if wall > 0 else float(threads)
-        parallelism = busy / result.cpu_ratio
-    return PilotResult(
-        result.results + more,
-        result.per_item_seconds,
-        result.cpu_ratio,
-        holds_gil=parallelism < wanted,
-        thread_scaling=scaling,
-    )
-
-
-def pickled_size(value: Any) -> int | None:
-    """Bytes ``value`` costs to send to a process: pickle stream plus out-of-band buffers.
-
-    Large NumPy arrays are counted from their buffers without being copied. None when the value
-    cannot be pickled with the standard pickler (cloudpickle may still manage).
-    """
-    buffers: list[pickle.PickleBuffer] = []
-    try:
-        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception:
-        return None
-    return len(stream) + sum(buffer.raw().nbytes for buffer in buffers)
-
-
 __all__ = [
-    "SELECTABLE",
-    "PilotError",
-    "PilotResult",
     "Selection",
     "WorkloadProfile",
     "explain_selection",
-    "pickled_size",
-    "pilot",
-    "probe_threads",
     "select_strategy",
-    "time_first_items",
+    "selectable",
 ]

@@ -15,7 +15,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from operator import length_hint
 from typing import Any
 
@@ -56,7 +55,11 @@ def in_worker() -> bool:
 class WorkerSetup:
     """Once-per-worker preparation, identified by ``token`` (one per executor pool).
 
-    ``per_thread`` runs it once in each thread (thread workers); otherwise once per process.
+    ``per_thread`` runs it once in each thread (thread workers); otherwise once per process,
+    and only where the process is not the caller's own (a cluster whose workers live in the
+    caller's process gets the per-thread set-up instead: its threads are not ours to mark).
+    ``watch_parent``: the worker is a child process of the caller and exits when the caller
+    dies; never set for workers someone else started (a Dask worker's parent is its nanny).
     """
 
     token: str
@@ -64,8 +67,9 @@ class WorkerSetup:
     blas_threads: int | None = None
     initializer: Callable[..., Any] | None = None
     init_args: tuple[Any, ...] = ()
-    #: pid of the process that owns the pool; a process worker exits when it is gone
-    parent_pid: int = 0
+    #: pid of the process that owns the pool
+    caller_pid: int = 0
+    watch_parent: bool = False
 
 
 @dataclass
@@ -99,6 +103,9 @@ class ChunkOutcome:
     fork_hooks: tuple[int, int] | None = None
     #: the results, pickled in the worker (see ``pack_results``); ``results`` is then None
     packed: bytes | None = None
+    #: a failure of the machinery in the worker (results that cannot be pickled back): the
+    #: chunk is lost, not failed by the user's code
+    machinery_error: BaseException | None = None
 
     def take_results(self) -> list[Any] | None:
         """The chunk's results, unpickled here if the worker packed them."""
@@ -147,7 +154,7 @@ class RemoteError(Exception):
 
 def _ensure_setup(setup: WorkerSetup) -> None:
     global _process_worker
-    if setup.per_thread:
+    if setup.per_thread or os.getpid() == setup.caller_pid:
         done: set[str] = getattr(_local, "setups", None) or set()
         _local.setups = done
         if setup.token in done:
@@ -159,7 +166,8 @@ def _ensure_setup(setup: WorkerSetup) -> None:
                 return
             _done_setups.add(setup.token)
         _process_worker = True
-        watch_parent(setup.parent_pid)
+        if setup.watch_parent:
+            watch_parent(setup.caller_pid)
         _run_fork_hooks_once()
         if setup.blas_threads is not None:
             _limit_numeric_threads(setup.blas_threads)
@@ -258,16 +266,39 @@ def run_items(
     """Run ``fn`` over ``items`` in order; stop at the first exception.
 
     Returns ``(results, None, None)`` or ``(partial, offset_of_failing_item, exception)``. The
-    loop is ``list(map(...))`` so that a trivial function costs what the plain loop costs; the
-    failing item's offset is read back from the iterator's remaining length.
+    loop is a comprehension, not ``list(map(...))``: a ``StopIteration`` raised by ``fn`` must
+    propagate as an error, not end the chunk as if its items had run out. The failing item's
+    offset is read back from the iterator's remaining length.
     """
     it = iter(items)
     try:
         if seeds is None:
-            return list(map(fn, it)), None, None
-        return list(map(call_with_rng, repeat(fn), it, seeds)), None, None
+            return [fn(item) for item in it], None, None
+        paired = zip(it, seeds, strict=True)
+        return [call_with_rng(fn, item, seed) for item, seed in paired], None, None
     except Exception as exc:
         return [], len(items) - length_hint(it) - 1, exc
+
+
+def _unpicklable_result(results: list[Any]) -> BaseException | None:
+    """A ``SerializationError`` naming the first result the pool's pickler cannot send back."""
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - cloudpickle is a dependency
+        return None
+    for offset, value in enumerate(results):
+        try:
+            cloudpickle.dumps(value)
+        except Exception as exc:
+            from .errors import SerializationError
+
+            error = SerializationError(
+                f"the result of item {offset} of the chunk cannot be pickled back to the "
+                f"caller: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            return error
+    return None
 
 
 def run_chunk(job: ChunkJob) -> ChunkOutcome:
@@ -292,6 +323,17 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
     hooks = _take_hook_report() if _hook_report is not None else None
     if exc is None:
         packed = pack_results(results) if job.check_pickle else None
+        if job.check_pickle and packed is None:
+            unsendable = _unpicklable_result(results)
+            if unsendable is not None:
+                return ChunkOutcome(
+                    job.start,
+                    None,
+                    busy,
+                    pid=os.getpid(),
+                    fork_hooks=hooks,
+                    machinery_error=unsendable,
+                )
         return ChunkOutcome(
             job.start,
             None if packed is not None else results,

@@ -6,11 +6,13 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import minimal_strategy
 import pytest
 from leakcheck import assert_no_leaks, snapshot
 from workfns import make_config
 
 from ce_parallel import ParallelExecutor, create_executor
+from ce_parallel.registry import StrategyRecord, strategy_records
 
 
 def _has(module: str) -> bool:
@@ -20,28 +22,22 @@ def _has(module: str) -> bool:
         return False
 
 
-STRATEGIES = [
-    "sequential",
-    "threads",
-    "processes",
-    "joblib",
-    pytest.param(
-        "auto",
-        marks=pytest.mark.skipif(
-            not _has("ce_parallel.strategies.auto"), reason="the auto strategy is not installed"
-        ),
-    ),
-    pytest.param(
-        "dask",
-        marks=[
-            pytest.mark.dask,
-            pytest.mark.skipif(
-                not (_has("distributed") and _has("ce_parallel.strategies.dask")),
-                reason="dask extra not installed (pip install ce-parallel[dask])",
-            ),
-        ],
-    ),
-]
+minimal_strategy.register()
+
+
+def _param(name: str, record: StrategyRecord) -> Any:
+    marks = []
+    if name == "dask":
+        marks.append(pytest.mark.dask)
+    if not record.available():
+        marks.append(
+            pytest.mark.skipif(True, reason=f"{name}: {', '.join(record.requires)} not installed")
+        )
+    return pytest.param(name, marks=marks, id=name)
+
+
+#: Every registered strategy, the one registered by this suite (``minimal_strategy``) included.
+STRATEGIES = [_param(name, record) for name, record in strategy_records().items()]
 
 
 @pytest.fixture(scope="session", autouse=True)

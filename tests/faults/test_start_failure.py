@@ -18,12 +18,12 @@ from ce_parallel.strategies.joblib import JoblibExecutor
 
 
 class BrokenProcesses(ProcessExecutor):
-    def _start_pool(self) -> None:
+    def start_pool(self) -> None:
         raise OSError("cannot start workers (injected)")
 
 
 class BrokenJoblib(JoblibExecutor):
-    def _start_pool(self) -> None:
+    def start_pool(self) -> None:
         raise OSError("cannot start workers (injected)")
 
 
@@ -65,7 +65,7 @@ def test_the_chain_continues_to_serial_when_threads_cannot_start(monkeypatch, no
     def refuse(self: ThreadExecutor) -> None:
         raise RuntimeError("can't start new thread (injected)")
 
-    monkeypatch.setattr(ThreadExecutor, "_start_pool", refuse)
+    monkeypatch.setattr(ThreadExecutor, "start_pool", refuse)
     sink = Recorder()
     with BrokenProcesses(ParallelConfig(telemetry=sink), max_workers=2) as ex:
         assert ex.map(double, range(5)) == [0, 2, 4, 6, 8]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ce_parallel import ConfigurationError, ParallelConfig
-from ce_parallel.config import STRATEGIES, parse_ce_parallel
+from ce_parallel.config import parse_ce_parallel
+from ce_parallel.registry import strategy_names
+
+STRATEGIES = strategy_names()
 
 
 def from_env(value: str, **extra: str) -> ParallelConfig:

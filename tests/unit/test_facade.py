@@ -16,14 +16,17 @@ from hypothesis import strategies as st
 
 from ce_parallel import ParallelConfig, heuristics
 from ce_parallel.callers import EXTERNAL
-from ce_parallel.config import CONSERVATIVE_STRATEGIES
 from ce_parallel.decision import REASONS, FullMatrixWarning, ParallelDecision
 from ce_parallel.errors import ConfigurationError
-from ce_parallel.facade import FULL_MATRIX_STRATEGIES, ParallelFacade
+from ce_parallel.facade import ParallelFacade, full_matrix_strategies
+from ce_parallel.registry import conservative_strategies
 from ce_parallel.resources import CpuBudget, Resources
 from ce_parallel.strategies.serial import SerialExecutor
 from ce_parallel.strategies.threads import ThreadExecutor
 from ce_parallel.worker import ChunkJob, run_chunk
+
+CONSERVATIVE_STRATEGIES = conservative_strategies()
+FULL_MATRIX_STRATEGIES = full_matrix_strategies()
 
 # Enough work that every rule lets a thread or joblib pool through on 4 CPUs:
 # 5000 x 10 x FACADE_SECONDS_PER_WORK_ITEM = 25 s of estimated work.

@@ -17,16 +17,13 @@ from ce_parallel.heuristics import (
     PILOT_MAX_FRACTION,
     PROCESS_MAX_TASK_BYTES,
 )
+from ce_parallel.pilot import PilotError, pickled_size, pilot, time_first_items
 from ce_parallel.resources import CpuBudget, Resources
 from ce_parallel.selection import (
-    PilotError,
     WorkloadProfile,
     _auto_strategy,
     explain_selection,
-    pickled_size,
-    pilot,
     select_strategy,
-    time_first_items,
 )
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from ce_parallel.registry import strategy_records
+
 if TYPE_CHECKING:
     from ce_parallel.config import StrategyName
 
@@ -23,8 +25,11 @@ if TYPE_CHECKING:
 BASELINE_CHUNKS_PER_WORKER = 4
 #: Idle-worker timeout of the loky baseline (joblib's value; loky's own default is 10 s).
 LOKY_IDLE_TIMEOUT_S = 300
-#: ce-parallel strategies measured as fixed choices (``auto`` is measured on its own).
-FIXED_STRATEGIES: tuple[str, ...] = ("sequential", "threads", "processes", "joblib", "dask")
+#: ce-parallel strategies measured as fixed choices: every registered one that does not choose
+#: per map (``auto`` is measured on its own).
+FIXED_STRATEGIES: tuple[str, ...] = tuple(
+    name for name, record in strategy_records().items() if not record.chooses
+)
 #: Runners that stand for what a user would use instead of ce-parallel.
 BASELINES: tuple[str, ...] = ("joblib.Parallel", "cf:threads", "cf:processes", "loky")
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .. import telemetry
+from ..checks import check_int, parse_switch, rejected
 from ..config import ENV_MAIN
 from ..config import ParallelConfig as CoreConfig
 from ..errors import ConfigurationError
@@ -49,33 +50,12 @@ from ..executor import ParallelExecutor as CoreExecutor
 from ..executor import create_executor, default_chunksize
 from ..heuristics import CE_INSTANCE_CHUNK_ROWS, FACADE_MIN_INSTANCES
 from ..metrics import ParallelMetrics
+from ..registry import strategy_record
 from ..resources import Resources
 
-StrategyName = Literal["auto", "threads", "processes", "joblib", "sequential", "dask"]
-
-#: Fields shared with ``ce_parallel.ParallelConfig``, passed through unchanged.
-_SHARED_FIELDS: tuple[str, ...] = (
-    "enabled",
-    "strategy",
-    "max_workers",
-    "min_batch_size",
-    "min_instances_for_parallel",
-    "tiny_workload_threshold",
-    "instance_chunk_size",
-    "task_size_hint_bytes",
-    "force_serial_on_failure",
-    "telemetry",
-    "worker_initializer",
-    "worker_init_args",
-    "timeout",
-    "fallback",
-    "telemetry_path",
-    "dask_address",
-)
-#: Strategies that need no process boundary, so a calibrator cache needs no reset before them.
-_IN_PROCESS_STRATEGIES = frozenset({"sequential", "threads"})
-_ON_WORDS = frozenset({"on", "1", "true", "enable", "yes"})
-_OFF_WORDS = frozenset({"off", "0", "false", "disable", "no"})
+#: A registered strategy name; calibrated-explanations' are auto, threads, processes, joblib,
+#: sequential (and ce-parallel adds dask and any registered one).
+StrategyName = str
 
 
 @dataclass
@@ -111,32 +91,30 @@ class ParallelConfig:
     dask_address: str | None = None
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> ParallelConfig:
+        """Check every field (again); a bad value raises ``ConfigurationError`` naming it."""
         if self.granularity != "instance":
-            raise ConfigurationError(
-                f"ParallelConfig.granularity={self.granularity!r} is not accepted; expected "
-                "'instance' (calibrated-explanations parallelises over instances only)"
+            raise rejected(
+                "ParallelConfig.granularity",
+                self.granularity,
+                "'instance' (calibrated-explanations parallelises over instances only)",
             )
-        if self.feature_chunk_size is not None and (
-            isinstance(self.feature_chunk_size, bool)
-            or not isinstance(self.feature_chunk_size, int)
-            or self.feature_chunk_size < 1
-        ):
-            raise ConfigurationError(
-                f"ParallelConfig.feature_chunk_size={self.feature_chunk_size!r} is not "
-                "accepted; expected an integer >= 1 or None"
-            )
+        check_int("ParallelConfig.feature_chunk_size", self.feature_chunk_size, 1)
         core = self.to_core()  # validates every shared field
         self.worker_init_args = core.worker_init_args
         self.telemetry_path = core.telemetry_path
+        return self
 
     def to_core(self) -> CoreConfig:
         """The same settings as a ``ce_parallel.ParallelConfig`` (validated)."""
-        return CoreConfig(**{name: getattr(self, name) for name in _SHARED_FIELDS})
+        return CoreConfig(**{name: getattr(self, name) for name in shared_fields()})
 
     @classmethod
     def from_core(cls, core: CoreConfig, **ce_only: Any) -> ParallelConfig:
         """Build from a ``ce_parallel.ParallelConfig``; ``ce_only`` sets the fields it lacks."""
-        return cls(**{name: getattr(core, name) for name in _SHARED_FIELDS}, **ce_only)
+        return cls(**{name: getattr(core, name) for name in shared_fields()}, **ce_only)
 
     def replace(self, **changes: Any) -> ParallelConfig:
         """Return a validated copy with ``changes`` applied."""
@@ -163,6 +141,24 @@ class ParallelConfig:
         return config.replace(**ce_only) if ce_only else config
 
 
+#: calibrated-explanations' own fields, which ``ce_parallel.ParallelConfig`` does not have.
+_CE_ONLY_FIELDS = frozenset({"feature_chunk_size", "granularity"})
+#: ce-parallel's fields that calibrated-explanations' config does not carry: the facade's
+#: full-matrix gate is the operator's (``CE_PARALLEL_FULL``), not the explainer's.
+_CORE_ONLY_FIELDS = frozenset({"full_matrix"})
+
+
+def shared_fields() -> tuple[str, ...]:
+    """Fields of this config that are also ``ce_parallel.ParallelConfig``'s, in its order.
+
+    Derived from the two dataclasses, so a new core field that this config also declares is
+    passed through with no list to update; ``test_compat_config_declares_every_core_field``
+    fails when a core field is neither declared here nor listed in ``_CORE_ONLY_FIELDS``.
+    """
+    own = {f.name for f in dataclasses.fields(ParallelConfig)} - _CE_ONLY_FIELDS
+    return tuple(f.name for f in dataclasses.fields(CoreConfig) if f.name in own)
+
+
 def _split_ce_tokens(raw: str) -> tuple[dict[str, Any], list[str]]:
     """Take calibrated-explanations' own ``CE_PARALLEL`` tokens out of ``raw``."""
     changes: dict[str, Any] = {}
@@ -175,9 +171,7 @@ def _split_ce_tokens(raw: str) -> tuple[dict[str, Any], list[str]]:
                 raise _token_error(token, "feature_chunk needs a whole number >= 1")
             changes["feature_chunk_size"] = int(value)
         elif key == "force_serial":
-            if value not in _ON_WORDS | _OFF_WORDS:
-                raise _token_error(token, "force_serial needs on or off")
-            changes["force_serial_on_failure"] = value in _ON_WORDS
+            changes["force_serial_on_failure"] = parse_switch(f"{ENV_MAIN} token {key}", value)
         elif key == "granularity":
             if value != "instance":
                 raise _token_error(token, "granularity accepts only instance")
@@ -268,12 +262,7 @@ class ParallelExecutor:
         together; by default about ``CHUNKS_PER_WORKER`` chunks per worker, so tasks that share
         one explainer pickle it once per chunk.
         """
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise ConfigurationError(
-                f"workers={workers!r} is not accepted; expected an integer >= 1 or None"
-            )
+        check_int("workers", workers, 1)
         work = list(items)
         if not self.config.enabled or len(work) < 2:
             return [fn(item) for item in work]
@@ -384,7 +373,7 @@ class ParallelExecutor:
             if self._backend is not None and self._backend_key == key:
                 return self._backend
             stale = self._backend
-            if self.cache is not None and core.strategy not in _IN_PROCESS_STRATEGIES:
+            if self.cache is not None and strategy_record(core.strategy).pickles_work:
                 self.cache.forksafe_reset()
             # creating an executor starts no pool (that happens on its first map): cheap enough
             # to hold the lock, so two threads never build two pools

@@ -4,7 +4,7 @@ Per ``map`` it runs a short pilot on the first items in the calling thread (and,
 few more on two threads to see whether they hold the GIL), keeps their results, asks
 ``selection.explain_selection`` for a strategy and hands the remaining items to a pooled executor
 of that strategy. Measurements are remembered per function, so a repeated map skips the pilot.
-Delegate executors are kept and reused across maps and released by ``shutdown``.
+The executors it hands work to are kept and reused across maps and released by ``shutdown``.
 
 A process pool is never waited for: while it starts in the background the calling thread keeps
 running items, and the pool takes over whatever is left once it is up. When the measurements say
@@ -19,31 +19,25 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import telemetry
-from ..errors import MapCancelledError
-from ..executor import MapCall, ParallelExecutor, annotate_item_error
+from ..executor import MapCall, ParallelExecutor, annotate_item_error, create_executor
+from ..pilot import PilotError, pickled_size, pilot
+from ..registry import strategy_record
 from ..resources import Resources
-from ..selection import (
-    SELECTABLE,
-    PilotError,
-    Selection,
-    WorkloadProfile,
-    explain_selection,
-    pickled_size,
-    pilot,
-)
-from ..worker import ChunkJob, ChunkOutcome
+from ..selection import Selection, WorkloadProfile, explain_selection, selectable
 
 #: How many functions' measurements an executor remembers (least recently used are dropped).
 PROFILE_CACHE_SIZE = 32
 #: How many selections an executor remembers (cleared when full).
 SELECTION_CACHE_SIZE = 256
-_POOLED = ("threads", "processes", "joblib")
-_BACKGROUND_START = frozenset({"processes", "joblib"})
+
+
+def _starts_in_background(strategy: str) -> bool:
+    # a pool of child processes is worth starting while the caller keeps running items
+    return strategy_record(strategy).separate_processes
 
 
 def _noop(_: Any) -> None:
@@ -94,7 +88,7 @@ class AutoExecutor(ParallelExecutor):
         super().__init__(config, max_workers=max_workers, resources=resources)
         base = resources if resources is not None else Resources(budget=self.budget)
         self._snapshot = replace(base, budget=self.budget)
-        self._delegates: dict[str, ParallelExecutor] = {}
+        self._executors: dict[str, ParallelExecutor] = {}
         self._warmups: dict[str, _Warmup] = {}
         self._profiles: OrderedDict[Hashable, _Measured] = OrderedDict()
         self._selections: dict[tuple[Any, ...], Selection] = {}
@@ -108,29 +102,29 @@ class AutoExecutor(ParallelExecutor):
 
     # -- the selection ----------------------------------------------------------------------
 
-    def _delegate(self, strategy: str) -> ParallelExecutor:
+    def _executor(self, strategy: str) -> ParallelExecutor:
+        """The executor of ``strategy`` this one hands work to (created once, then reused)."""
         with self._pool_lock:
-            executor = self._delegates.get(strategy)
+            executor = self._executors.get(strategy)
             if executor is None:
-                from . import strategy_class
-
-                cls = strategy_class(strategy)
-                executor = cls(
-                    self.config.replace(strategy=strategy),
-                    resources=self._snapshot,
+                executor = create_executor(
+                    self.config.replace(strategy=strategy), resources=self._snapshot
                 )
-                self._delegates[strategy] = executor
+                self._executors[strategy] = executor
             return executor
 
     def _warm_pools(self) -> frozenset[str]:
         warm = {s for s, w in self._warmups.items() if w.ready.is_set() and w.error is None}
-        warm |= {s for s in self._delegates if s == "threads"}
+        # a thread pool that exists is as good as warm: it starts in about a millisecond
+        warm |= {
+            s for s in self._executors if strategy_record(s).start_cost in ("none", "thread_pool")
+        }
         return frozenset(warm)
 
     def _warm_in_background(self, strategy: str) -> _Warmup:
         warmup = self._warmups.get(strategy)
         if warmup is None or warmup.error is not None:
-            warmup = _Warmup(self._delegate(strategy))
+            warmup = _Warmup(self._executor(strategy))
             self._warmups[strategy] = warmup
         return warmup
 
@@ -169,7 +163,7 @@ class AutoExecutor(ParallelExecutor):
         return result.results, measured
 
     def _select(self, n: int, measured: _Measured | None, assume_warm: bool = False) -> Selection:
-        warm = frozenset(_POOLED) if assume_warm else self._warm_pools()
+        warm = frozenset(selectable()) if assume_warm else self._warm_pools()
         # a selection depends only on these and on what the executor fixed at construction, and
         # a repeated map asks the same question again: answer it from memory
         key = (n, measured, warm)
@@ -198,11 +192,12 @@ class AutoExecutor(ParallelExecutor):
                 item_bytes=measured.item_bytes,
                 warm_pools=warm,
             )
-        return explain_selection(profile, self._snapshot, allowed=SELECTABLE)
+        return explain_selection(profile, self._snapshot)
 
     # -- the map ----------------------------------------------------------------------------
 
-    def _map(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+    def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """Pilot the first items (or recall their measurements), choose, run the rest there."""
         fn, bar = call.fn, call.bar
         started = time.perf_counter()
         head: list[Any] = []
@@ -211,7 +206,7 @@ class AutoExecutor(ParallelExecutor):
             head, measured = self._measure(fn, work, seeds, _fn_key(fn, self._forget))
         # With a worker initializer nothing runs in the calling thread or on probe threads
         # (they are not workers); the choice rests on the caller's hints and every item goes
-        # to one delegate, so the initializer runs once per worker of that delegate.
+        # to one executor, so the initializer runs once per worker of that executor.
         done = len(head)
         if bar is not None and done:
             bar.update(done)
@@ -225,7 +220,7 @@ class AutoExecutor(ParallelExecutor):
             # on a first map if it pays off even cold; on a repeat (the measurements were
             # remembered, so this function comes back) if it pays off once warm.
             whole = self._select(len(work), measured, assume_warm=not done)
-            if whole.strategy in _BACKGROUND_START:
+            if whole.strategy != "sequential" and _starts_in_background(whole.strategy):
                 self._warm_in_background(whole.strategy)
         self.last_selection = selection
         self.last_strategy, self.last_reason = selection.strategy, selection.reason
@@ -237,7 +232,7 @@ class AutoExecutor(ParallelExecutor):
             if not rest:
                 tail: list[Any] = []
             elif selection.strategy == "sequential" and measured is not None:
-                tail = self._run_serially(
+                tail = self.run_serially(
                     call, rest, rest_seeds, offset=done, per_item_s=measured.per_item_seconds
                 )
             else:
@@ -279,48 +274,33 @@ class AutoExecutor(ParallelExecutor):
         offset: int,
     ) -> list[Any]:
         head: list[Any] = []
-        if strategy in _BACKGROUND_START and self.config.worker_initializer is None:
+        if _starts_in_background(strategy) and self.config.worker_initializer is None:
             warmup = self._warm_in_background(strategy)
             # Run items here until the pool is up, instead of waiting idle for it.
             while rest and not warmup.ready.is_set():
-                head += self._run_serially(
-                    call, rest[:1], None if seeds is None else seeds[:1], offset
+                head += self.run_serially(
+                    call, rest[:1], None if seeds is None else seeds[:1], offset=offset
                 )
                 rest, seeds, offset = rest[1:], None if seeds is None else seeds[1:], offset + 1
             if not rest:
                 return head
-        delegate = self._delegate(strategy)
-        with delegate._map_lock:
-            delegate._cancel_event.clear()
-            if self._cancel_event.is_set():
-                raise MapCancelledError("map() was cancelled by cancel()")
-            try:
-                return head + delegate._map(call, rest, seeds)
-            except BaseException as exc:
-                _shift_item_index(exc, offset, strategy)
-                raise
+        try:
+            # the chosen executor watches this call's own cancel flag and deadline
+            return head + self._executor(strategy).execute(call, rest, seeds)
+        except BaseException as exc:
+            _shift_item_index(exc, offset, strategy)
+            raise
 
     # -- hooks and lifecycle ------------------------------------------------------------------
 
-    def cancel(self) -> None:
-        """Stop the running ``map``, including the part its delegate pool is running."""
-        super().cancel()
-        for executor in list(self._delegates.values()):
-            executor.cancel()
-
-    def _start_pool(self) -> None:
-        return None  # delegates start their own pools
-
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        raise RuntimeError("AutoExecutor hands chunks to a delegate executor; never called")
-
-    def _release_pool(self, kill: bool) -> None:
+    def release_pool(self, kill: bool) -> None:
+        """Shut down every executor this one handed work to (and their warm-ups)."""
         for warmup in list(self._warmups.values()):
             warmup.thread.join()
         self._warmups.clear()
         with self._pool_lock:
-            delegates, self._delegates = dict(self._delegates), {}
-        for executor in delegates.values():
+            executors, self._executors = dict(self._executors), {}
+        for executor in executors.values():
             executor.shutdown(cancel=kill)
 
 

@@ -26,8 +26,8 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from ..config import ParallelConfig
+from ..engine import PooledExecutor
 from ..errors import BackendUnavailableError, SerializationError, WorkerCrashedError
-from ..executor import ParallelExecutor
 from ..resources import Resources, numeric_thread_env, threads_per_worker
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, run_chunk
 
@@ -150,11 +150,10 @@ class _Bridge:
         _settle(target, target.set_exception, failure)
 
 
-class DaskExecutor(ParallelExecutor):
+class DaskExecutor(PooledExecutor):
     """Runs chunks as tasks on a Dask distributed cluster (given, or a local one of its own)."""
 
     name = "dask"
-    crosses_processes = True
 
     def __init__(
         self,
@@ -172,28 +171,18 @@ class DaskExecutor(ParallelExecutor):
         self._owns_client = False
         self._bridge: _Bridge | None = None
         self._shared: Any = None  # the scattered function of the current map
-        self._start_failure: BaseException | None = None
-
-    def plan_chunks(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
-        """Chunks for the cluster's real size: a given cluster is connected to first."""
-        if self._client is None and (self._given_client is not None or self.config.dask_address):
-            try:
-                self._start_pool()
-            except Exception as exc:
-                # ``map`` starts the pool again right after planning; that call reports this
-                # failure so that it falls back like any other start failure.
-                self._start_failure = exc
-        return super().plan_chunks(n, chunksize)
 
     @property
     def client(self) -> Any:
         """The ``distributed.Client`` in use, or None before the first map / after shutdown."""
         return self._client
 
-    def _start_pool(self) -> None:
-        failure, self._start_failure = self._start_failure, None
-        if failure is not None:
-            raise failure
+    def start_pool(self) -> None:
+        """Connect to the given client or address, or start a ``LocalCluster`` of our own.
+
+        A cluster we did not size sets ``workers`` to its real number of threads, so the map's
+        chunks are planned for it.
+        """
         with self._pool_lock:
             if self._client is not None:
                 return
@@ -244,15 +233,16 @@ class DaskExecutor(ParallelExecutor):
                     self.workers = threads
                     self.metrics.max_workers = threads
 
-    def _worker_setup(self) -> WorkerSetup:
-        setup = super()._worker_setup()
+    def worker_setup(self) -> WorkerSetup:
+        """As for every strategy, without numeric caps on a cluster we did not size."""
+        setup = super().worker_setup()
         if self._cluster is None:
             # Remote workers size their numeric libraries from their own node (dask's nanny
             # already limits them); our local budget says nothing about that machine.
             setup = dataclasses.replace(setup, blas_threads=None)
         return setup
 
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+    def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         import cloudpickle
 
         client = self._client
@@ -260,7 +250,14 @@ class DaskExecutor(ParallelExecutor):
         self._finish_bridge()
         fn = jobs[0].fn
         shared = None
-        if len(jobs) > 1 and len(cloudpickle.dumps(fn)) >= SCATTER_MIN_BYTES:
+        try:
+            fn_bytes = len(cloudpickle.dumps(fn))
+        except Exception as exc:
+            # every task would carry it: nothing can be submitted
+            raise SerializationError(
+                f"the function cannot be pickled for the dask workers: {type(exc).__name__}: {exc}"
+            ) from exc
+        if len(jobs) > 1 and fn_bytes >= SCATTER_MIN_BYTES:
             shared = client.scatter(fn, broadcast=True, hash=False)
         self._shared = shared
         submitted: list[Any] = []
@@ -297,7 +294,7 @@ class DaskExecutor(ParallelExecutor):
             with contextlib.suppress(Exception):
                 client.cancel(dask_futures)
 
-    def _abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
+    def abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
         pending = list(pending)
         bridge = self._bridge
         if bridge is not None:
@@ -308,9 +305,10 @@ class DaskExecutor(ParallelExecutor):
             # A running task cannot be interrupted; our own workers are stopped with the
             # cluster and the next map starts a fresh one. A cluster we were given keeps
             # running the few tasks already started: they are cancelled, their results dropped.
-            self._release_pool(kill=True)
+            self.release_pool(kill=True)
 
-    def _release_pool(self, kill: bool) -> None:
+    def release_pool(self, kill: bool) -> None:
+        """Close what this executor started: its cluster and client, or its client only."""
         with self._pool_lock:
             self._finish_bridge()
             client, self._client = self._client, None

@@ -17,7 +17,7 @@ import functools
 from concurrent.futures import Future
 from typing import Any
 
-from ..executor import ParallelExecutor
+from ..engine import PooledExecutor
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
 
@@ -45,15 +45,14 @@ def _shutdown_joblib_workers(kill: bool) -> None:
         executor.shutdown(wait=True, kill_workers=kill)
 
 
-class JoblibExecutor(ParallelExecutor):
+class JoblibExecutor(PooledExecutor):
     """Runs chunks on joblib's loky backend, kept configured across maps."""
 
     name = "joblib"
-    crosses_processes = True
-    start_fallback = "threads"
     _parallel: Any = None
 
-    def _start_pool(self) -> None:
+    def start_pool(self) -> None:
+        """Enter one managed ``joblib.Parallel`` on the loky backend (once)."""
         with self._pool_lock:
             if self._parallel is None:
                 from joblib import Parallel
@@ -62,7 +61,7 @@ class JoblibExecutor(ParallelExecutor):
                 parallel.__enter__()
                 self._parallel = parallel
 
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+    def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         backend = self._parallel._backend
         if getattr(backend, "_workers", None) is None:
             # joblib runs a single worker as its sequential backend, which has no pool
@@ -74,7 +73,7 @@ class JoblibExecutor(ParallelExecutor):
             folders.set_current_context(self._parallel._id)
         return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
 
-    def _release_pool(self, kill: bool) -> None:
+    def release_pool(self, kill: bool) -> None:
         with self._pool_lock:
             parallel, self._parallel = self._parallel, None
         if parallel is None:

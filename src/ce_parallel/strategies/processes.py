@@ -12,20 +12,19 @@ import os
 from concurrent.futures import Future
 from typing import Any
 
-from ..executor import ParallelExecutor
+from ..engine import PooledExecutor
 from ..resources import numeric_thread_env, threads_per_worker
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk, watch_parent
 
 
-class ProcessExecutor(ParallelExecutor):
+class ProcessExecutor(PooledExecutor):
     """Runs chunks in worker processes (loky), for GIL-bound Python work."""
 
     name = "processes"
-    crosses_processes = True
-    start_fallback = "threads"
     _pool: Any = None
 
-    def _start_pool(self) -> None:
+    def start_pool(self) -> None:
+        """Start a loky pool whose workers cap numeric threads and watch this process."""
         with self._pool_lock:
             if self._pool is None:
                 from loky import ProcessPoolExecutor
@@ -41,12 +40,12 @@ class ProcessExecutor(ParallelExecutor):
                     initargs=(os.getpid(),),
                 )
 
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+    def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
         assert pool is not None
         return [pool.submit(run_chunk, job) for job in jobs]
 
-    def _release_pool(self, kill: bool) -> None:
+    def release_pool(self, kill: bool) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:

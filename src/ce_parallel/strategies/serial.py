@@ -2,50 +2,50 @@
 
 from __future__ import annotations
 
-import dataclasses
+import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from ..executor import MapCall, ParallelExecutor
-from ..resources import CpuBudget
-from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
 
 class SerialExecutor(ParallelExecutor):
-    """Runs every item in the calling thread, in order; the reference every strategy matches."""
+    """Runs every item in the calling thread, in order; the reference every strategy matches.
+
+    The calling thread is this strategy's one worker: ``worker_initializer`` runs once, before
+    the first item of the first map.
+    """
 
     name = "sequential"
-    _initialized = False
 
-    def _effective_workers(self, budget: CpuBudget) -> int:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_lock = threading.Lock()
+        self._initialized = False
+
+    def _effective_workers(self, requested: int) -> int:
         return 1
 
-    def _map(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+    def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """Run ``work`` with the serial loop (``serial_loop.run_serially``)."""
         self.metrics.add(tasks_submitted=len(work), maps=1)
-        if not self._initialized and self.config.worker_initializer is not None:
-            # the calling thread is this strategy's one worker
-            self.config.worker_initializer(*(self.config.worker_init_args or ()))
-        self._initialized = True
+        self._initialize_once()
         started = time.perf_counter()
         try:
-            results = self._run_serially(call, work, seeds)
+            results = self.run_serially(call, work, seeds)
         finally:
             wall = time.perf_counter() - started
             self.metrics.add(total_duration=wall, busy_time=wall)
         self.metrics.add(tasks_completed=len(results))
         return results
 
-    def _start_pool(self) -> None:
-        return None
-
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        done = []
-        for job in jobs:
-            fut: Future[ChunkOutcome] = Future()
-            fut.set_result(run_chunk(dataclasses.replace(job, mark_worker=False)))
-            done.append(fut)
-        return done
-
-    def _release_pool(self, kill: bool) -> None:
-        return None
+    def _initialize_once(self) -> None:
+        initializer = self.config.worker_initializer
+        if initializer is None or self._initialized:
+            return
+        with self._init_lock:
+            if self._initialized:
+                return
+            # marked only once it has run: a failed initializer is tried again by the next map
+            initializer(*(self.config.worker_init_args or ()))
+            self._initialized = True

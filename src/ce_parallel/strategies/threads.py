@@ -9,29 +9,33 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from ..executor import ParallelExecutor
+from ..engine import PooledExecutor
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
 
-class ThreadExecutor(ParallelExecutor):
+class ThreadExecutor(PooledExecutor):
     """Runs chunks on a pool of threads in this process."""
 
     name = "threads"
     _pool: ThreadPoolExecutor | None = None
 
-    def _start_pool(self) -> None:
+    def start_pool(self) -> None:
+        """Start ``workers`` threads named ``ce-parallel-thread_N`` (once)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     max_workers=self.workers, thread_name_prefix="ce-parallel-thread"
                 )
 
-    def _submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        assert self._pool is not None
-        return [self._pool.submit(run_chunk, job) for job in jobs]
+    def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+        """One ``run_chunk`` task per job."""
+        pool = self._pool
+        assert pool is not None
+        return [pool.submit(run_chunk, job) for job in jobs]
 
-    def _release_pool(self, kill: bool) -> None:
+    def release_pool(self, kill: bool) -> None:
+        """Shut the thread pool down; ``kill`` drops queued chunks and does not wait."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=not kill, cancel_futures=kill)

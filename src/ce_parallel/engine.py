@@ -1,0 +1,377 @@
+"""``PooledExecutor``: the engine shared by every strategy that runs chunks on a pool.
+
+One ``execute`` does what all pooled strategies have in common: start the pool, then cut the
+items into chunks for the pool's real size, submit them, wait with the call's deadline and
+cancel flag, put results back in input order (checking that every chunk returned one result per
+item), attach the failing item's index to a user exception, fall back when the machinery breaks,
+and record metrics and telemetry. A strategy fills in four hooks:
+
+``start_pool()``
+    create the pool if there is none (idempotent); raise if it cannot start.
+``submit_chunks(jobs)``
+    send every ``ChunkJob`` to the pool; one ``concurrent.futures.Future`` per job, in order.
+``abort(pending, kill)``
+    stop queued or running chunks after an error, timeout or cancel (a default is provided).
+``release_pool(kill)``
+    release the pool and every worker it started (idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from typing import Any
+
+from . import telemetry
+from .errors import BackendUnavailableError, ParallelExecutionError, classify_failure
+from .executor import MapCall, ParallelExecutor, annotate_item_error, create_executor
+from .serial_loop import check_call
+from .worker import ChunkJob, ChunkOutcome, WorkerSetup
+
+#: How often (seconds) a waiting ``map`` wakes to check its deadline and cancel flag; this
+#: bounds how late a timeout, ``cancel()`` or ``shutdown(cancel=True)`` is noticed.
+POLL_INTERVAL_S = 0.05
+
+
+class PooledExecutor(ParallelExecutor):
+    """A strategy that runs chunks of items on a pool of workers (see the module's hooks)."""
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def start_pool(self) -> None:
+        """Create the pool if there is none (idempotent). Raise if it cannot start."""
+
+    @abstractmethod
+    def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
+        """Send every job to the pool; one future per job, in the same order."""
+
+    def abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
+        """Stop work that is still queued or running (after an error, timeout or cancel).
+
+        Queued chunks are cancelled. With ``kill``, a strategy whose workers are its own child
+        processes releases its pool at once: a busy worker process cannot be interrupted
+        politely, and the next map starts a fresh pool. (Its futures are left to the killed
+        pool, which fails them itself: cancelling them first makes loky's manager thread trip
+        over their state.) A thread cannot be killed: its current chunk finishes and its result
+        is discarded.
+        """
+        if kill and self.record.separate_processes:
+            self.release_pool(kill=True)
+            return
+        for fut in pending:
+            fut.cancel()
+
+    @abstractmethod
+    def release_pool(self, kill: bool) -> None:
+        """Release the pool and every worker it started (idempotent); ``kill`` does not wait."""
+
+    def plan_chunks(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
+        """Cut ``n`` items into ``(start, stop)`` ranges for ``self.workers`` workers.
+
+        Called after ``start_pool``, so a pool that learns its size on start (a Dask cluster)
+        is planned for its real size.
+        """
+        from .executor import default_chunksize
+
+        size = chunksize or self.config.instance_chunk_size or default_chunksize(n, self.workers)
+        return [(start, min(start + size, n)) for start in range(0, n, size)]
+
+    def worker_setup(self) -> WorkerSetup:
+        """The once-per-worker set-up that travels with every chunk of this executor."""
+        from .resources import threads_per_worker
+
+        record = self.record
+        return WorkerSetup(
+            token=self._token,
+            per_thread=not record.pickles_work,
+            blas_threads=(
+                threads_per_worker(self.budget.count, self.workers)
+                if record.separate_processes
+                else None
+            ),
+            initializer=self.config.worker_initializer,
+            init_args=tuple(self.config.worker_init_args or ()),
+            caller_pid=os.getpid(),
+            watch_parent=record.separate_processes,
+        )
+
+    # -- the engine -------------------------------------------------------------------------
+
+    def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """Start the pool, plan, submit, collect in order, fall back; record the run."""
+        started = time.perf_counter()
+        chunks: list[tuple[int, int]] = []
+        fallbacks = 0
+        error: BaseException | None = None
+        busy = 0.0
+        try:
+            try:
+                self.start_pool()
+            except Exception as start_error:
+                fallbacks = 1
+                done = self._start_failed(start_error, call, work, seeds)
+                self.metrics.add(tasks_submitted=len(work), tasks_completed=len(done), maps=1)
+                return done
+            chunks = self.plan_chunks(len(work), call.chunksize)
+            self.metrics.add(tasks_submitted=len(work), chunks=len(chunks), maps=1)
+            outcomes: list[list[Any] | None] = [None] * len(chunks)
+            failures: dict[int, BaseException]
+            try:
+                setup = self.worker_setup()
+                jobs = [self._job(call, work, seeds, a, b, setup) for a, b in chunks]
+                futures = self.submit_chunks(jobs)
+            except Exception as exc:
+                # the pool refused the work: nothing ran, all is unfinished
+                failures = {i: exc for i in range(len(chunks))}
+            else:
+                busy, failures = self._collect(futures, chunks, outcomes, call)
+            if failures:
+                fallbacks = 1
+                self._fall_back(call, work, seeds, chunks, outcomes, failures)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            wall = time.perf_counter() - started
+            self.metrics.add(total_duration=wall, busy_time=busy)
+            self._emit(
+                "run",
+                telemetry.run_record(
+                    strategy=self.name,
+                    items=len(work),
+                    chunks=len(chunks),
+                    workers=self.workers,
+                    wall_time_s=wall,
+                    busy_time_s=busy,
+                    fallbacks=fallbacks,
+                    error=error,
+                ),
+            )
+        results: list[Any] = []
+        for part in outcomes:
+            assert part is not None  # every chunk ran, here or in the fallback
+            results.extend(part)
+        self.metrics.add(tasks_completed=len(results))
+        return results
+
+    def _job(
+        self,
+        call: MapCall,
+        work: list[Any],
+        seeds: list[Any] | None,
+        a: int,
+        b: int,
+        setup: WorkerSetup,
+    ) -> ChunkJob:
+        return ChunkJob(
+            fn=call.fn,
+            start=a,
+            items=work[a:b],
+            seeds=None if seeds is None else seeds[a:b],
+            setup=setup,
+            check_pickle=self.record.pickles_work,
+        )
+
+    def _start_failed(
+        self, exc: Exception, call: MapCall, work: list[Any], seeds: list[Any] | None
+    ) -> list[Any]:
+        """The pool could not start: run the whole map on the next strategy of the chain.
+
+        With ``fallback="raise"`` this raises ``BackendUnavailableError`` (or the more specific
+        error the cause shows) listing every item. Otherwise one fallback record names this
+        step; the next executor lives for this map only, so the next map tries this strategy's
+        pool again, and its own start failure is the next step of the chain.
+        """
+        # whatever the failure, no worker ran: the backend is what is unavailable
+        error_type: type[ParallelExecutionError] = BackendUnavailableError
+        if isinstance(exc, ParallelExecutionError):
+            error_type = type(exc)
+        recover = self.config.fallback_to_serial
+        following = self.record.start_fallback if recover else "raise"
+        self._record_fallback(
+            error_type,
+            exc,
+            action="serial" if following == "sequential" else following,
+            items=len(work),
+            stage="start",
+        )
+        if not recover:
+            raise error_type(
+                f"strategy {self.name!r} could not start its pool: {type(exc).__name__}: {exc}",
+                incomplete=range(len(work)),
+            ) from exc
+        if following in ("sequential", self.name):
+            return self.run_serially(call, work, seeds)
+        next_executor = create_executor(
+            self.config.replace(strategy=following),
+            max_workers=self.workers,
+            resources=self.resources,
+        )
+        try:
+            return next_executor.execute(call, work, seeds)
+        finally:
+            next_executor.shutdown()
+
+    def _collect(
+        self,
+        futures: Sequence[Future[ChunkOutcome]],
+        chunks: list[tuple[int, int]],
+        outcomes: list[list[Any] | None],
+        call: MapCall,
+    ) -> tuple[float, dict[int, BaseException]]:
+        """Wait for every chunk; return busy seconds and the chunks the machinery lost.
+
+        On the first user error the chunks not yet running are cancelled; running chunks before
+        it are awaited so that the error raised is the one the serial loop would raise.
+        """
+        index_of = {fut: i for i, fut in enumerate(futures)}
+        pending = set(futures)
+        dropped: set[Future[ChunkOutcome]] = set()
+        failures: dict[int, BaseException] = {}
+        user_errors: dict[int, ChunkOutcome] = {}
+        busy = 0.0
+        try:
+            while pending:
+                timeout = POLL_INTERVAL_S
+                if call.deadline is not None:
+                    timeout = max(0.0, min(timeout, call.deadline - time.monotonic()))
+                done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = index_of[fut]
+                    try:
+                        outcome = fut.result()
+                    except CancelledError:
+                        if fut not in dropped:
+                            # cancelled by the pool itself (released under us): a lost chunk
+                            failures[i] = BackendUnavailableError("the pool dropped the chunk")
+                        continue
+                    except Exception as exc:
+                        failures[i] = exc
+                        continue
+                    busy += outcome.busy_seconds
+                    self._report_hooks(outcome)
+                    if outcome.machinery_error is not None:
+                        failures[i] = outcome.machinery_error
+                    elif outcome.error is not None:
+                        user_errors[i] = outcome
+                    else:
+                        part = outcome.take_results()
+                        a, b = chunks[i]
+                        if part is None or len(part) != b - a:
+                            failures[i] = ParallelExecutionError(
+                                f"chunk of items {a}..{b - 1} returned "
+                                f"{0 if part is None else len(part)} results for {b - a} items"
+                            )
+                            continue
+                        outcomes[i] = part
+                        if call.bar is not None:
+                            call.bar.update(b - a)
+                if user_errors:
+                    first = min(user_errors)
+                    stop = {f for f in pending if f.cancel() or index_of[f] > first}
+                    if stop:
+                        pending -= stop
+                        dropped |= stop
+                        self.abort(stop, kill=False)
+                if pending:
+                    finished = sum(
+                        b - a for i, (a, b) in enumerate(chunks) if outcomes[i] is not None
+                    )
+                    check_call(call, self.name, self.metrics, finished)
+        except BaseException:
+            # KeyboardInterrupt, timeout, cancel: leave no work running behind the caller
+            self.abort(pending, kill=True)
+            raise
+        if user_errors:
+            self.metrics.add(failures=1)
+            outcome = user_errors[min(user_errors)]
+            error = outcome.error
+            assert error is not None
+            if outcome.error_index is None:
+                if hasattr(error, "add_note"):
+                    error.add_note("ce-parallel: raised by ParallelConfig.worker_initializer")
+            else:
+                annotate_item_error(error, outcome.error_index, self.name, outcome.remote_traceback)
+            raise error
+        return busy, failures
+
+    def _report_hooks(self, outcome: ChunkOutcome) -> None:
+        if outcome.fork_hooks is not None:
+            ran, failed = outcome.fork_hooks
+            self._emit(
+                "fork_hooks",
+                {"strategy": self.name, "pid": outcome.pid, "hooks": ran, "failed": failed},
+            )
+
+    def _fall_back(
+        self,
+        call: MapCall,
+        work: list[Any],
+        seeds: list[Any] | None,
+        chunks: list[tuple[int, int]],
+        outcomes: list[list[Any] | None],
+        failures: dict[int, BaseException],
+    ) -> None:
+        """The machinery lost some chunks: re-run exactly those serially, or raise."""
+        first = failures[min(failures)]
+        error_type = classify_failure(first)
+        unfinished = [i for i, part in enumerate(outcomes) if part is None]
+        items = [k for i in unfinished for k in range(*chunks[i])]
+        self.release_pool(kill=True)  # a broken pool is replaced on the next map
+        recover = self.config.fallback_to_serial
+        self._record_fallback(
+            error_type,
+            first,
+            action="serial" if recover else "raise",
+            items=len(items),
+            chunks=unfinished,
+        )
+        if not recover:
+            raise error_type(
+                f"strategy {self.name!r} failed: {type(first).__name__}: {first}", incomplete=items
+            ) from first
+        if self.config.force_serial_on_failure:
+            warnings.warn(
+                f"ce-parallel: strategy {self.name!r} failed ({type(first).__name__}: {first}); "
+                f"re-running {len(items)} unfinished items serially",
+                UserWarning,
+                stacklevel=5,
+            )
+        for i in unfinished:
+            a, b = chunks[i]
+            outcomes[i] = self.run_serially(
+                call, work[a:b], None if seeds is None else seeds[a:b], offset=a
+            )
+
+    def _record_fallback(
+        self,
+        error_type: type[ParallelExecutionError],
+        failure: BaseException,
+        *,
+        action: str,
+        items: int,
+        chunks: list[int] | None = None,
+        stage: str = "run",
+    ) -> None:
+        """Count one fallback and emit its record (every fallback is recorded, whatever next)."""
+        self.metrics.add(fallbacks=1)
+        self._emit(
+            "fallback",
+            telemetry.fallback_record(
+                strategy=self.name,
+                cause=error_type.__name__,
+                failure=failure,
+                action=action,
+                items=items,
+                chunks=chunks,
+                stage=stage,
+            ),
+        )
+
+
+__all__ = ["POLL_INTERVAL_S", "PooledExecutor"]

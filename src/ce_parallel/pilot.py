@@ -1,0 +1,226 @@
+"""The pilot: run the first items of a map here, keep their results, measure their cost.
+
+``pilot`` runs items in the calling thread (and, when needed, a few more on two threads at once
+to see whether they hold the GIL). Every result is kept: a piloted item never runs again.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .heuristics import (
+    AUTO_MIN_PARALLEL_WORK_S,
+    GIL_RELEASE_MIN_SCALING,
+    PILOT_MAX_FRACTION,
+    PILOT_MIN_CPU_RATIO,
+    PILOT_TARGET_S,
+    PROBE_MAX_FRACTION,
+    PROBE_MIN_ITEMS_PER_THREAD,
+    PROBE_TARGET_S,
+)
+
+
+@dataclass
+class PilotResult:
+    """What the pilot ran and measured. ``results`` are those of items ``0 .. done - 1``."""
+
+    results: list[Any]
+    per_item_seconds: float
+    cpu_ratio: float
+    holds_gil: bool | None = None
+    thread_scaling: float | None = None
+
+    @property
+    def done(self) -> int:
+        """How many of the first items the pilot ran (their results are kept)."""
+        return len(self.results)
+
+
+def _call(fn: Callable[..., Any], items: Sequence[Any], seeds: Sequence[Any] | None) -> list[Any]:
+    # comprehensions: a StopIteration raised by fn must propagate, not end the loop
+    if seeds is None:
+        return [fn(item) for item in items]
+    from .worker import call_with_rng
+
+    return [call_with_rng(fn, item, seed) for item, seed in zip(items, seeds, strict=True)]
+
+
+class PilotError(Exception):
+    """Wraps the caller's exception raised by item ``index`` during the pilot."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(index, error)
+        self.index, self.error = index, error
+
+
+def time_first_items(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    seeds: Sequence[Any] | None = None,
+    *,
+    target_s: float = PILOT_TARGET_S,
+    max_items: int | None = None,
+) -> PilotResult:
+    """Run the first items in this thread, in growing blocks, until ``target_s`` has passed.
+
+    At most ``max_items`` items (default: ``PILOT_MAX_FRACTION`` of them, at least one) run.
+    Measures wall and CPU seconds per item. A caller's exception is raised as ``PilotError``
+    with the failing item's index.
+    """
+    limit = max_items if max_items is not None else max(1, int(len(items) * PILOT_MAX_FRACTION))
+    limit = min(limit, len(items))
+    results: list[Any] = []
+    block = 1
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    while len(results) < limit:
+        stop = min(limit, len(results) + block)
+        part = items[len(results) : stop]
+        try:
+            results.extend(_call(fn, part, None if seeds is None else seeds[len(results) : stop]))
+        except Exception as exc:
+            raise PilotError(len(results), exc) from exc
+        if time.perf_counter() - wall_start >= target_s:
+            break
+        block *= 2
+    wall = time.perf_counter() - wall_start
+    cpu = time.process_time() - cpu_start
+    return PilotResult(results, wall / len(results), cpu / wall if wall > 0 else 1.0)
+
+
+def probe_threads(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    seeds: Sequence[Any] | None,
+    threads: int,
+) -> tuple[list[Any], float, float]:
+    """Run ``items`` split over ``threads`` threads at once.
+
+    Returns the results, the wall seconds, and the CPU seconds the threads used in all (each
+    thread's own ``time.thread_time``). A caller's exception is raised as ``PilotError`` with the
+    smallest failing index.
+    """
+    from .worker import ChunkJob, run_chunk
+
+    size = math.ceil(len(items) / threads)
+    bounds = [(a, min(a + size, len(items))) for a in range(0, len(items), size)]
+    outcomes: list[Any] = [None] * len(bounds)
+    cpu: list[float] = [0.0] * len(bounds)
+    barrier = threading.Barrier(len(bounds) + 1)
+
+    def work(i: int, a: int, b: int) -> None:
+        job = ChunkJob(fn, a, items[a:b], None if seeds is None else seeds[a:b])
+        barrier.wait()
+        started = time.thread_time()
+        outcomes[i] = run_chunk(job)
+        cpu[i] = time.thread_time() - started
+
+    pool = [
+        threading.Thread(target=work, args=(i, a, b), name="ce-parallel-probe", daemon=True)
+        for i, (a, b) in enumerate(bounds)
+    ]
+    for thread in pool:
+        thread.start()
+    barrier.wait()
+    wall_start = time.perf_counter()
+    for thread in pool:
+        thread.join()
+    wall = time.perf_counter() - wall_start
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        first = min(failed, key=lambda o: o.error_index)
+        raise PilotError(first.error_index, first.error)
+    results = [r for o in outcomes for r in o.results]
+    return results, wall, sum(cpu)
+
+
+def pilot(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    seeds: Sequence[Any] | None = None,
+    *,
+    threads: int = 2,
+    holds_gil: bool | None = None,
+) -> PilotResult:
+    """Measure the first items of a map: seconds per item, CPU use, and whether they hold the GIL.
+
+    Runs items in this thread until ``PILOT_TARGET_S`` has passed (at most
+    ``PILOT_MAX_FRACTION`` of them). Unless the remaining work is under
+    ``AUTO_MIN_PARALLEL_WORK_S`` or each item already keeps several CPUs busy, the next items
+    (enough for ``PROBE_TARGET_S`` per thread, at most ``PROBE_MAX_FRACTION`` of them) run on
+    ``threads`` threads at once; their speed-up over the serial rate says whether they hold the
+    GIL. Speed-up is measured on the wall clock, not CPU time, so a machine busy with other
+    processes does not make CPU-bound work look like waiting. Every result is kept.
+    """
+    result = time_first_items(fn, items, seeds)
+    if holds_gil is not None:
+        return replace(result, holds_gil=holds_gil)
+    remaining = len(items) - result.done
+    if remaining * result.per_item_seconds < AUTO_MIN_PARALLEL_WORK_S:
+        return result
+    if result.cpu_ratio >= 1 + GIL_RELEASE_MIN_SCALING:
+        return result  # each item already keeps more than a CPU busy (threaded BLAS)
+    wanted_items = threads * math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
+    # the share cap bounds the probe on long maps; the minimum per thread wins over it on short
+    # ones, where one item per thread would leave the verdict to start-up skew
+    capped = min(wanted_items, int(len(items) * PROBE_MAX_FRACTION))
+    count = min(remaining, max(threads * PROBE_MIN_ITEMS_PER_THREAD, capped))
+    if threads < 2 or count < threads:
+        return result
+    start = result.done
+    more, wall, cpu = probe_threads(
+        fn,
+        items[start : start + count],
+        None if seeds is None else seeds[start : start + count],
+        threads,
+    )
+    scaling = count * result.per_item_seconds / wall if wall > 0 else float(threads)
+    # How much more CPU the threads kept busy than the serial pilot did. Items that hold the
+    # GIL keep one CPU busy however many threads run them; items that release it keep one per
+    # thread. Comparing CPU use rather than item throughput does not depend on how well the
+    # pilot's first (often slower, cold) items predict the next ones, and dividing by the
+    # pilot's own CPU share cancels most of the effect of other processes on the machine.
+    # Items that mostly wait (sleep, I/O) use too little CPU to tell: their wall-clock speed-up
+    # on threads says it instead.
+    wanted = 1 + GIL_RELEASE_MIN_SCALING * (min(threads, count) - 1)
+    if result.cpu_ratio < PILOT_MIN_CPU_RATIO:
+        parallelism = scaling
+    else:
+        busy = cpu / wall if wall > 0 else float(threads)
+        parallelism = busy / result.cpu_ratio
+    return PilotResult(
+        result.results + more,
+        result.per_item_seconds,
+        result.cpu_ratio,
+        holds_gil=parallelism < wanted,
+        thread_scaling=scaling,
+    )
+
+
+def pickled_size(value: Any) -> int | None:
+    """Bytes ``value`` costs to send to a process: pickle stream plus out-of-band buffers.
+
+    Large NumPy arrays are counted from their buffers without being copied. None when the value
+    cannot be pickled with the standard pickler (cloudpickle may still manage).
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        return None
+    return len(stream) + sum(buffer.raw().nbytes for buffer in buffers)
+
+
+__all__ = [
+    "PilotError",
+    "PilotResult",
+    "pickled_size",
+    "pilot",
+    "probe_threads",
+    "time_first_items",
+]
