@@ -8,6 +8,7 @@ stands for, whether it is switched on, and how many workers it has.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .errors import ConfigurationError
@@ -15,6 +16,16 @@ from .registry import strategy_records
 
 #: Strategy reported for a caller's executor whose kind cannot be told from its type.
 EXTERNAL = "external"
+
+
+def call_site(skip: int = 1) -> str:
+    """``module:function`` of the nearest caller outside ce-parallel (for telemetry)."""
+    frame = sys._getframe(skip)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("ce_parallel."):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return "unknown"
+    return f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_name}"
 
 
 def check_executor(where: str, executor: Any) -> None:
@@ -93,4 +104,11 @@ def kind_from_type(executor: Any) -> str:
     return EXTERNAL
 
 
-__all__ = ["EXTERNAL", "check_executor", "describe_executor", "executor_class_name", "is_ours"]
+__all__ = [
+    "EXTERNAL",
+    "call_site",
+    "check_executor",
+    "describe_executor",
+    "executor_class_name",
+    "is_ours",
+]

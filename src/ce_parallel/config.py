@@ -95,12 +95,26 @@ class ParallelConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a changed field is checked again where the config is next used (validate())
+        object.__setattr__(self, name, value)
+        if name != "_checked":
+            object.__setattr__(self, "_checked", False)
+
     def validate(self) -> ParallelConfig:
         """Check every field (again); a bad value raises ``ConfigurationError`` naming it.
 
         Runs on construction, and again wherever a config is used (an executor, a facade), so a
-        field changed after construction is checked before it takes effect. Returns ``self``.
+        field changed after construction is checked before it takes effect (a config nobody
+        changed is not checked twice). Returns ``self``.
         """
+        if self.__dict__.get("_checked"):
+            return self
+        self._check_fields()
+        object.__setattr__(self, "_checked", True)
+        return self
+
+    def _check_fields(self) -> None:
         check_bool(_field("enabled"), self.enabled)
         names = strategy_names()
         if self.strategy not in names:
@@ -130,7 +144,6 @@ class ParallelConfig:
                 raise rejected(_field(name), value, "a string or None")
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
-        return self
 
     @property
     def fallback_to_serial(self) -> bool:

@@ -6,31 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-#: Every reason a decision can give, as stable codes for logs and dashboards.
-#: ``enabled``: parallel, as configured. ``full_matrix_disabled``: parallel on the conservative
-#: substitute, because the requested strategy needs the full matrix. Serial reasons, in the
-#: order they are checked: ``operator_off`` (``CE_PARALLEL=off``), ``nested_worker`` (called
-#: inside one of our workers), ``disabled`` (the config is not enabled or names ``sequential``),
-#: ``executor_disabled`` (the given executor is disabled or serial), ``no_cpu_budget`` (fewer
-#: than 2 CPUs or workers), ``ci_environment`` (CI, and ``CE_PARALLEL`` does not force
-#: parallel), ``below_min_instances``, ``tiny_workload`` (instances x features below the
-#: threshold), ``payload_too_large`` (a process strategy would pickle too much per task),
-#: ``spawn_cost`` (the estimated time saved does not repay starting the pool).
-REASONS: tuple[str, ...] = (
-    "enabled",
-    "full_matrix_disabled",
-    "operator_off",
-    "nested_worker",
-    "disabled",
-    "executor_disabled",
-    "no_cpu_budget",
-    "ci_environment",
-    "below_min_instances",
-    "tiny_workload",
-    "payload_too_large",
-    "spawn_cost",
-)
-
 
 class FullMatrixWarning(UserWarning):
     """A strategy outside the conservative subset was requested without the full matrix."""
@@ -40,13 +15,22 @@ class FullMatrixWarning(UserWarning):
 class ParallelDecision:
     """Whether a piece of work runs in parallel, on what, and why.
 
-    ``reason`` is one of ``REASONS``; ``detail`` says the same in a sentence with the numbers
-    that decided it. ``strategy`` is the strategy that runs the work (``"sequential"`` for a
-    serial decision); without the full matrix it is always one of the conservative subset.
+    ``reason`` is one of ``gate.REASONS`` (the codes of the gate's rule table); ``detail`` says
+    the same in a sentence with the numbers that decided it. ``strategy`` is the strategy that
+    runs the work (``"sequential"`` for a serial decision); without the full matrix it is
+    always one of the conservative subset.
     ``requested_strategy`` is what the configuration or the given executor asked for.
     ``bytes_hint`` is the per-task payload that was weighed (per call, else the config's).
     ``platform`` is ``"<os>/<start method>"``; ``cpu_budget`` and ``cpu_limited_by`` say how
     many CPUs this process may use and which source limited them.
+
+    ``cost_source`` says where the cost of an item came from (``hint``, ``remembered``,
+    ``pilot`` or ``assumed``) and ``per_item_s`` what it was; ``start_cost_s`` is the pool
+    start-up charged (0 for a warm pool), ``estimated_serial_s`` and ``estimated_parallel_s``
+    the two times weighed (None where the parallel time could not be modelled). ``nested``
+    names the kind of worker the call ran inside, if any. ``decision_id`` links the run record
+    of the map that followed (set when a telemetry sink records the decision), ``call_site`` is
+    ``module:function`` of the code that asked.
     """
 
     use_parallel: bool
@@ -67,6 +51,14 @@ class ParallelDecision:
     ci: bool
     cpu_budget: int
     cpu_limited_by: str
+    cost_source: str = "assumed"
+    per_item_s: float | None = None
+    start_cost_s: float = 0.0
+    estimated_serial_s: float = 0.0
+    estimated_parallel_s: float | None = None
+    nested: str | None = None
+    decision_id: str = ""
+    call_site: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """Every field as plain JSON data; ``ParallelDecision(**d)`` rebuilds an equal decision."""
@@ -77,4 +69,4 @@ class ParallelDecision:
 _DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(ParallelDecision))
 
 
-__all__ = ["REASONS", "FullMatrixWarning", "ParallelDecision"]
+__all__ = ["FullMatrixWarning", "ParallelDecision"]

@@ -48,8 +48,39 @@ def annotate_item_error(
         exc.args = (*exc.args, where)
 
 
+def shift_item_index(exc: BaseException, offset: int, strategy: str) -> None:
+    """Count the failing item's index from the start of the whole map, not of its remainder.
+
+    For a map whose first ``offset`` items ran elsewhere first (a pilot) and whose remainder
+    failed on ``strategy``.
+    """
+    index = getattr(exc, "ce_parallel_item_index", None)
+    if index is None or offset == 0:
+        return
+    exc.ce_parallel_item_index = index + offset  # type: ignore[attr-defined]
+    old = f"ce-parallel: raised by item {index} (strategy {strategy!r})"
+    new = f"ce-parallel: raised by item {index + offset} (strategy {strategy!r})"
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list) and old in notes:
+        notes[notes.index(old)] = new
+    elif exc.args and isinstance(exc.args[0], str) and old in exc.args[0]:
+        exc.args = (exc.args[0].replace(old, new), *exc.args[1:])
+
+
+class SpawnedSeeds(list[Any]):
+    """One ``SeedSequence`` per item, already spawned (a slice of a larger map's seeds).
+
+    Passed as ``map(seed=...)`` it is used as it is, so that the items of a map split across
+    several runs (a pilot, then a pool) draw exactly what they would in one run.
+    """
+
+
 def spawn_seeds(seed: Any, n: int) -> list[Any]:
     """One independent ``SeedSequence`` per item, the same for every strategy and worker count."""
+    if isinstance(seed, SpawnedSeeds):
+        if len(seed) != n:
+            raise ConfigurationError(f"map(seed=...) got {len(seed)} spawned seeds for {n} items")
+        return list(seed)
     try:
         import numpy as np
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -73,6 +104,8 @@ class MapCall:
     deadline: float | None = None
     bar: Progress | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    #: the known cost of one item, if any: sizes the serial loop's first block
+    per_item_s: float | None = None
 
 
 #: The record of an executor class that was never registered (used directly, in tests).
@@ -267,8 +300,18 @@ def _capped_budget(budget: CpuBudget | None, cap: int | None) -> CpuBudget:
 
 
 def default_chunksize(n: int, workers: int) -> int:
-    """``ceil(n / (workers x CHUNKS_PER_WORKER))``: see ``heuristics.CHUNKS_PER_WORKER``."""
-    return max(1, math.ceil(n / (max(1, workers) * CHUNKS_PER_WORKER)))
+    """About ``CHUNKS_PER_WORKER`` chunks per worker (``heuristics.CHUNKS_PER_WORKER``), and a
+    number of chunks that splits evenly over the workers where the items allow it.
+
+    ``ceil(n / (workers x CHUNKS_PER_WORKER))`` items per chunk, made smaller while that leaves
+    a number of chunks that is not a multiple of ``workers``: 10 coarse items on 2 workers run
+    as 10 chunks (5 each), not as 5 chunks (3 and 2).
+    """
+    workers = max(1, workers)
+    size = max(1, math.ceil(n / (workers * CHUNKS_PER_WORKER)))
+    while size > 1 and math.ceil(n / size) % workers:
+        size -= 1
+    return size
 
 
 def create_executor(
@@ -287,8 +330,10 @@ def create_executor(
 __all__ = [
     "MapCall",
     "ParallelExecutor",
+    "SpawnedSeeds",
     "annotate_item_error",
     "create_executor",
     "default_chunksize",
+    "shift_item_index",
     "spawn_seeds",
 ]

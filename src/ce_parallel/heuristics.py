@@ -45,9 +45,17 @@ PROCESS_MAX_TASK_BYTES = 1024 * 1024
 #: without the full matrix.
 FULL_MATRIX_SUBSTITUTE = "joblib"
 
-# --- automatic selection (selection.py, strategies/auto.py) and resources ------------------
-#: A parallel strategy is chosen only when estimated at least this much faster than serial.
-AUTO_MIN_SPEEDUP = 1.2
+# --- the one gate (gate.py) and automatic selection (selection.py, strategies/auto.py) -----
+#: Parallel work is chosen (by the facade's gate and by auto) only when its estimated time is at
+#: least this many times shorter than the serial loop's.
+MIN_PARALLEL_GAIN = 1.2
+#: The facade pilots the first items of a map with no cost hint only when the map has at least
+#: this many items: with fewer, the one piloted item is already a large share of the work, and
+#: the count rules and the assumed cost decide.
+FACADE_PILOT_MIN_ITEMS = 8
+#: A run whose time is more than this many times off its prediction replaces the remembered
+#: measurement (the pilot misjudged the function, or the machine changed).
+RECHECK_FACTOR = 2.0
 #: A cold pool is charged 1/this of its start cost: pools are reused across maps.
 AUTO_EXPECTED_MAPS_PER_POOL = 4
 #: The serial pilot runs the first items until this many seconds have passed ...
@@ -143,12 +151,30 @@ HEURISTICS: tuple[Heuristic, ...] = (
     ),
     # automatic selection and resources
     Heuristic(
-        "AUTO_MIN_SPEEDUP",
-        AUTO_MIN_SPEEDUP,
+        "MIN_PARALLEL_GAIN",
+        MIN_PARALLEL_GAIN,
         "Estimates from a few pilot items are off by 10-20% on a noisy machine; demanding 1.2x "
-        "keeps auto within 5% of serial when an estimate is that optimistic.",
+        "keeps the facade and auto within 5% of serial when an estimate is that optimistic.",
         "ANCHORS.md: differences under ~10% are ties; evaluation/parallel_ablation.py, auto "
         "vs sequential on every workload",
+    ),
+    Heuristic(
+        "FACADE_PILOT_MIN_ITEMS",
+        FACADE_PILOT_MIN_ITEMS,
+        "A pilot keeps its results, but runs serially: one item of a map of n costs up to 1/n of "
+        "the work without parallelism. From 8 items on 2 workers that share is at most 1/8, and "
+        "the measured cost decides the rest.",
+        "evaluation/facade_grid.py (cost x count grid, evaluation/results/facade_grid.json): "
+        "30 ms x 10 items is the smallest cell that pilots",
+    ),
+    Heuristic(
+        "RECHECK_FACTOR",
+        RECHECK_FACTOR,
+        "A run within 2x of its prediction confirms the measurement (machine noise and cold "
+        "first items stay well inside it); a run further off means the pilot misjudged the work "
+        "(for example its GIL use), and what the run measured replaces what was remembered.",
+        "tests/unit/test_gate.py (injected runs); auto once chose threads for GIL-bound work "
+        "after a misjudged probe and kept it (1.99x slower for every later call)",
     ),
     Heuristic(
         "AUTO_EXPECTED_MAPS_PER_POOL",

@@ -6,6 +6,7 @@ to see whether they hold the GIL). Every result is kept: a piloted item never ru
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import threading
@@ -35,6 +36,8 @@ class PilotResult:
     cpu_ratio: float
     holds_gil: bool | None = None
     thread_scaling: float | None = None
+    #: relative spread of the per-item time between the pilot's blocks (0: steady, or one block)
+    spread: float = 0.0
 
     @property
     def done(self) -> int:
@@ -43,12 +46,29 @@ class PilotResult:
 
 
 def _call(fn: Callable[..., Any], items: Sequence[Any], seeds: Sequence[Any] | None) -> list[Any]:
-    # comprehensions: a StopIteration raised by fn must propagate, not end the loop
-    if seeds is None:
-        return [fn(item) for item in items]
+    # a loop, not map(): a StopIteration raised by fn must propagate, not end the block early;
+    # the offset of a failing item is attached to its exception for the caller's index
     from .worker import call_with_rng
 
-    return [call_with_rng(fn, item, seed) for item, seed in zip(items, seeds, strict=True)]
+    out: list[Any] = []
+    try:
+        if seeds is None:
+            for item in items:
+                out.append(fn(item))
+        else:
+            for item, seed in zip(items, seeds, strict=True):
+                out.append(call_with_rng(fn, item, seed))
+    except Exception as exc:
+        exc.__ce_parallel_offset__ = len(out)  # type: ignore[attr-defined]
+        raise
+    return out
+
+
+def _failed_offset(exc: BaseException) -> int:
+    offset = getattr(exc, "__ce_parallel_offset__", 0)
+    with contextlib.suppress(AttributeError):
+        del exc.__ce_parallel_offset__  # type: ignore[attr-defined]
+    return int(offset)
 
 
 class PilotError(Exception):
@@ -76,21 +96,29 @@ def time_first_items(
     limit = max_items if max_items is not None else max(1, int(len(items) * PILOT_MAX_FRACTION))
     limit = min(limit, len(items))
     results: list[Any] = []
+    rates: list[float] = []
     block = 1
     wall_start, cpu_start = time.perf_counter(), time.process_time()
     while len(results) < limit:
         stop = min(limit, len(results) + block)
         part = items[len(results) : stop]
+        tick = time.perf_counter()
         try:
-            results.extend(_call(fn, part, None if seeds is None else seeds[len(results) : stop]))
+            done = _call(fn, part, None if seeds is None else seeds[len(results) : stop])
         except Exception as exc:
-            raise PilotError(len(results), exc) from exc
+            # the failing item's index: the block's start plus how far the block got
+            raise PilotError(len(results) + _failed_offset(exc), exc) from exc
+        results.extend(done)
+        rates.append((time.perf_counter() - tick) / max(1, len(part)))
         if time.perf_counter() - wall_start >= target_s:
             break
         block *= 2
     wall = time.perf_counter() - wall_start
     cpu = time.process_time() - cpu_start
-    return PilotResult(results, wall / len(results), cpu / wall if wall > 0 else 1.0)
+    spread = 0.0
+    if len(rates) > 1 and max(rates) > 0:
+        spread = (max(rates) - min(rates)) / max(rates)
+    return PilotResult(results, wall / len(results), cpu / wall if wall > 0 else 1.0, spread=spread)
 
 
 def probe_threads(

@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .checks import OFF_WORDS, ON_WORDS, check_bool, rejected
@@ -106,6 +107,9 @@ class StrategyRecord:
 
 _lock = threading.Lock()
 _records: dict[str, StrategyRecord] = {}
+#: A read-only snapshot of ``_records``, replaced on every change: readers (every map asks)
+#: take no lock and copy nothing.
+_snapshot: Mapping[str, StrategyRecord] = MappingProxyType({})
 
 
 def register_strategy(
@@ -181,7 +185,13 @@ def register_strategy(
                 "a registered strategy: " + ", ".join(_records),
             )
         _records[name] = record
+        _publish()
     return record
+
+
+def _publish() -> None:
+    global _snapshot
+    _snapshot = MappingProxyType(dict(_records))
 
 
 def unregister_strategy(name: str) -> None:
@@ -190,20 +200,20 @@ def unregister_strategy(name: str) -> None:
         raise ConfigurationError(f"strategy {name!r} is built in and cannot be removed")
     with _lock:
         _records.pop(name, None)
+        _publish()
 
 
 def strategy_record(name: str) -> StrategyRecord:
     """The record of ``name``; an unknown name raises ``ConfigurationError`` listing the known."""
-    record = _records.get(name)
+    record = _snapshot.get(name)
     if record is None:
-        raise rejected("strategy", name, "one of " + ", ".join(_records))
+        raise rejected("strategy", name, "one of " + ", ".join(_snapshot))
     return record
 
 
 def strategy_records() -> Mapping[str, StrategyRecord]:
-    """Every registered strategy, in registration order (a snapshot)."""
-    with _lock:
-        return dict(_records)
+    """Every registered strategy, in registration order (a read-only snapshot)."""
+    return _snapshot
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 The selector estimates, for each strategy, the time the remaining items would take, from
 quantities the pilot measures (seconds per item, CPU use per item, whether threads scale) and the
 machine facts in ``Resources`` (CPU budget, pool start costs). It returns the fastest estimate
-only when it beats the serial loop by ``AUTO_MIN_SPEEDUP``; every threshold is a named constant
+only when it beats the serial loop by ``MIN_PARALLEL_GAIN``; every threshold is a named constant
 of ``heuristics`` with the workload that justifies it. Same inputs, same answer: nothing here
 reads the clock or the environment.
 
@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from .heuristics import (
     AUTO_EXPECTED_MAPS_PER_POOL,
     AUTO_MIN_PARALLEL_WORK_S,
-    AUTO_MIN_SPEEDUP,
     CHUNKS_PER_WORKER,
     FACADE_SECONDS_PER_WORK_ITEM,
+    MIN_PARALLEL_GAIN,
     PROCESS_BYTES_PER_S,
     PROCESS_CHUNK_OVERHEAD_S,
     PROCESS_MAX_TASK_BYTES,
     THREAD_CHUNK_OVERHEAD_S,
 )
-from .registry import strategy_record, strategy_records
+from .registry import StrategyRecord, strategy_record, strategy_records
 from .resources import Resources
 
 
@@ -63,6 +63,8 @@ class WorkloadProfile:
     item_bytes: int | None = None
     fn_bytes: int | None = None
     warm_pools: frozenset[str] = field(default_factory=frozenset)
+    #: seconds per item that real runs of a strategy took for this function (strategy, s)
+    observed: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,55 @@ def _chunks(n: int, workers: int) -> int:
     return min(n, max(1, workers) * CHUNKS_PER_WORKER)
 
 
+def estimate_run_s(
+    record: StrategyRecord,
+    n: int,
+    per_item_s: float,
+    workers: int,
+    *,
+    start_s: float = 0.0,
+    payload_bytes: int = 0,
+    fn_bytes: int = 0,
+    width: float | None = None,
+    observed_s: float | None = None,
+) -> float:
+    """Estimated seconds for ``n`` items of ``per_item_s`` on ``record``'s pool of ``workers``.
+
+    The one cost model of the gate and of auto: the pool's start-up (``start_s``, 0 when warm),
+    its fixed cost per map, the items split into about ``CHUNKS_PER_WORKER`` chunks per worker
+    (the slowest worker finishes last), the dispatch cost of each chunk, and, for a strategy that
+    pickles work, the transfer of its payload and of the function once per chunk. ``width`` is
+    how many items can really run at once (fewer than ``workers`` when each item already keeps
+    several CPUs busy). ``observed_s``, seconds per item a real run of this strategy took for
+    this function, replaces the model of the compute and dispatch.
+    """
+    opening = start_s + record.per_map_overhead_s
+    if observed_s is not None:
+        return opening + n * observed_s
+    workers = max(1, workers)
+    chunks = _chunks(n, workers)
+    rounds = math.ceil(chunks / workers)
+    per_chunk = math.ceil(n / chunks)
+    compute = per_item_s * rounds * per_chunk
+    if width is not None and 0 < width < workers:
+        compute *= workers / width
+    if record.pickles_work:
+        dispatch = chunks * PROCESS_CHUNK_OVERHEAD_S
+        dispatch += (n * payload_bytes + chunks * fn_bytes) / PROCESS_BYTES_PER_S
+    else:
+        dispatch = chunks * THREAD_CHUNK_OVERHEAD_S
+    return opening + compute + dispatch
+
+
 def _payload_bytes(profile: WorkloadProfile) -> int:
     return max(profile.task_size_hint_bytes, profile.item_bytes or 0)
+
+
+def _start_cost_s(record: StrategyRecord, resources: Resources) -> float:
+    from .costs import MEMORY
+
+    measured = MEMORY.start_cost(record.name)
+    return measured if measured is not None else record.start_cost_s(resources)
 
 
 def explain_selection(
@@ -126,7 +175,7 @@ def explain_selection(
     # Items that already keep several CPUs busy (multi-threaded BLAS) leave fewer to share.
     cores_per_item = max(1.0, profile.cpu_ratio or 1.0)
     width = min(budget.count, budget.count / cores_per_item)
-    if width < AUTO_MIN_SPEEDUP:
+    if width < MIN_PARALLEL_GAIN:
         return Selection(
             "sequential",
             f"each item already keeps {cores_per_item:.1f} CPUs busy of a budget of "
@@ -135,9 +184,8 @@ def explain_selection(
         )
 
     workers = budget.count
-    chunks = _chunks(n, workers)
     payload = _payload_bytes(profile)
-    ideal = serial / width
+    observed = dict(profile.observed)
 
     def start(strategy: str, cost: float) -> float:
         # A cold pool is charged a share of its start: pools are reused across maps.
@@ -145,17 +193,31 @@ def explain_selection(
 
     estimates: dict[str, float] = {"sequential": serial}
     excluded: dict[str, str] = {}
-    transfer = (n * payload + chunks * (profile.fn_bytes or 0)) / PROCESS_BYTES_PER_S
     for name in allowed:
         if name == "sequential":
             continue
         record = strategy_record(name)
-        opening = start(name, record.start_cost_s(resources)) + record.per_map_overhead_s
-        if not record.pickles_work:
+
+        def estimate(record: StrategyRecord = record, name: str = name) -> float:
+            return estimate_run_s(
+                record,
+                n,
+                per_item,
+                workers,
+                start_s=start(name, _start_cost_s(record, resources)),
+                payload_bytes=payload,
+                fn_bytes=profile.fn_bytes or 0,
+                width=width,
+                observed_s=observed.get(name),
+            )
+
+        if name in observed:
+            estimates[name] = estimate()  # a real run of it measured this function
+        elif not record.pickles_work:
             if profile.holds_gil is True:
                 excluded[name] = "items hold the GIL, so threads run them one at a time"
             else:
-                estimates[name] = opening + ideal + chunks * THREAD_CHUNK_OVERHEAD_S
+                estimates[name] = estimate()
         elif payload >= PROCESS_MAX_TASK_BYTES:
             excluded[name] = (
                 f"items carry {payload:,} bytes, which process workers would have to pickle"
@@ -165,7 +227,7 @@ def explain_selection(
                 "items release the GIL, so threads run them in parallel without pickling"
             )
         else:
-            estimates[name] = opening + ideal + chunks * PROCESS_CHUNK_OVERHEAD_S + transfer
+            estimates[name] = estimate()
         if not measured and profile.holds_gil is None and name not in excluded:
             # Unmeasured work could be GIL-bound (threads lose) or GIL-free (processes pay for
             # pickling); joblib's defaults (conservative and pickling) were within reach of the
@@ -190,11 +252,11 @@ def explain_selection(
     # Lowest estimate; ties go to the strategy registered first (cheapest machinery).
     best = min(candidates, key=lambda s: (candidates[s], candidates_in_order.index(s)))
     speedup = serial / candidates[best] if candidates[best] > 0 else math.inf
-    if speedup < AUTO_MIN_SPEEDUP:
+    if speedup < MIN_PARALLEL_GAIN:
         return Selection(
             "sequential",
             f"{what}; the best pool ({best}) is estimated at only {speedup:.2f}x "
-            f"(needs {AUTO_MIN_SPEEDUP}x)",
+            f"(needs {MIN_PARALLEL_GAIN}x)",
             estimates,
         )
     notes = list(excluded.values())
@@ -229,6 +291,7 @@ select_strategy = _auto_strategy
 __all__ = [
     "Selection",
     "WorkloadProfile",
+    "estimate_run_s",
     "explain_selection",
     "select_strategy",
     "selectable",

@@ -50,15 +50,17 @@ def run_serially(
 ) -> list[Any]:
     """``[call.fn(x) for x in work]`` in this thread, checking cancel and deadline between blocks.
 
-    The first block is one item, or sized from ``per_item_s`` when the cost of an item is
-    already known. A user exception propagates with the failing item's index (counted from
-    ``offset``) attached; ``StopIteration`` raised by ``fn`` is an error like any other.
+    The first block is one item, or sized from ``per_item_s`` (or ``call.per_item_s``) when the
+    cost of an item is already known. A user exception propagates with the failing item's
+    index (counted from ``offset``) attached; ``StopIteration`` raised by ``fn`` is an error
+    like any other.
     """
     from .executor import annotate_item_error
 
     fn, bar = call.fn, call.bar
     out: list[Any] = []
     n, pos = len(work), 0
+    per_item_s = per_item_s or call.per_item_s
     block = 1 if not per_item_s else max(1, int(SERIAL_BLOCK_TARGET_S / per_item_s))
     while pos < n:
         check_call(call, strategy, metrics, offset + pos)

@@ -11,13 +11,15 @@ This module imports nothing else from ce-parallel.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import math
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 try:
@@ -33,6 +35,29 @@ logger = logging.getLogger("ce_parallel.telemetry")
 EVENTS = ("decision", "run", "fallback", "nested", "fork_hooks")
 
 TelemetryCallback = Callable[[str, dict[str, Any]], Any]
+
+#: Version of the record schema written to files (``version`` on every line). 2: decision
+#: records carry ``decision_id``, ``call_site`` and the cost they decided from; run and
+#: fallback records carry the ``decision_id`` of the decision they executed.
+RECORD_VERSION = 2
+
+#: Fields added to every record emitted while a facade runs a decided map (see ``linked``).
+_links: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "ce_parallel_telemetry_links", default=None
+)
+_HOST = socket.gethostname()
+
+
+@contextlib.contextmanager
+def linked(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` (``decision_id``, ``call_site``) to every record emitted in this block,
+    in this thread, by whichever executor runs the work."""
+    token = _links.set({**(_links.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _links.reset(token)
+
 
 _warned_lock = threading.Lock()
 _warned: set[tuple[str, Any]] = set()
@@ -172,6 +197,9 @@ def emit(
     """Send one record to every sink. Never raises."""
     if not wanted(callback, path):
         return
+    links = _links.get()
+    if links:
+        payload = {**{k: v for k, v in links.items() if k not in payload}, **payload}
     record = json_safe(payload)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("%s %s", event, json.dumps(record, sort_keys=True))
@@ -188,18 +216,28 @@ def emit(
             )
     if path:
         try:
-            append_jsonl(path, {"event": event, "time": time.time(), **record})
+            line = {
+                "event": event,
+                "time": time.time(),
+                "version": RECORD_VERSION,
+                "pid": os.getpid(),
+                "host": _HOST,
+                **record,
+            }
+            append_jsonl(path, line)
         except Exception:
             _warn_once("path", path, "ce-parallel telemetry file %r could not be written", path)
 
 
 __all__ = [
     "EVENTS",
+    "RECORD_VERSION",
     "TelemetryCallback",
     "append_jsonl",
     "emit",
     "fallback_record",
     "json_safe",
+    "linked",
     "logger",
     "run_record",
     "wanted",

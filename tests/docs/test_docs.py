@@ -102,7 +102,7 @@ def test_the_appendix_names_every_heuristic_with_its_value() -> None:
 
 
 def test_the_docs_explain_every_decision_reason_code() -> None:
-    from ce_parallel.decision import REASONS
+    from ce_parallel.gate import REASONS
 
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
     missing = [code for code in REASONS if f"| `{code}` |" not in text]

@@ -33,7 +33,9 @@ from ce_parallel.compat.calibrated_explanations import (  # noqa: E402
     ParallelConfig,
     ParallelExecutor,
 )
+from ce_parallel.costs import MEMORY, Measurement  # noqa: E402
 from ce_parallel.errors import ConfigurationError  # noqa: E402
+from ce_parallel.resources import CpuBudget, Resources  # noqa: E402
 
 ROWS = 40
 CHUNK_ROWS = 10  # four instance tasks, so every strategy really splits the work
@@ -106,10 +108,40 @@ def reference(data: Data) -> tuple[list[Any], list[Any]]:
     return explain_both(data, explainer(data, theirs))
 
 
+#: A 2-CPU machine whose pools start for free: the small explain calls of these tests then
+#: clearly pay for a pool, whatever this machine's real start-up costs are.
+FREE_STARTS = Resources(
+    budget=CpuBudget(2, "affinity", {"affinity": 2}),
+    thread_start_s=0.0,
+    process_start_s=0.0,
+    spawn_cost_s=0.0,
+)
+
+
+@pytest.fixture(autouse=True)
+def _operator_allows_the_full_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the adapter goes through the facade's gate: processes need the full matrix, and CI
+    # (where these tests also run) stays serial unless the operator forces parallel work
+    monkeypatch.setenv("CE_PARALLEL_FULL", "1")
+    monkeypatch.setenv("CE_PARALLEL", "on")
+    for name in ("CE_PARALLEL_TELEMETRY", "CE_PARALLEL_DASK_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def executor_for(strategy: str, **settings: Any) -> ParallelExecutor:
     return ParallelExecutor(
-        ParallelConfig(enabled=True, strategy=strategy, instance_chunk_size=CHUNK_ROWS, **settings)
+        ParallelConfig(enabled=True, strategy=strategy, instance_chunk_size=CHUNK_ROWS, **settings),
+        resources=FREE_STARTS,
     )
+
+
+def slow_abs(x: int) -> int:
+    """abs, whose cost the tests inject as remembered (50 ms an item): worth a pool."""
+    return abs(x)
+
+
+def remember_slow_abs() -> None:
+    MEMORY.remember_fn(slow_abs, Measurement(per_item_s=0.05, holds_gil=False))
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "threads", "processes", "joblib"])
@@ -126,7 +158,12 @@ def test_explanations_equal_the_serial_run_on_every_strategy(
         snapshot = executor.metrics.snapshot()
         assert snapshot["maps"] == 2
         assert snapshot["tasks_completed"] == 2 * (ROWS // CHUNK_ROWS)
-        assert executor.backend is not None and executor.backend.name == strategy
+        if strategy == "sequential":
+            assert executor.executor is None
+            assert executor.last_decision.reason == "disabled"
+        else:
+            assert executor.executor is not None and executor.executor.name == strategy
+            assert executor.last_decision.use_parallel
         assert snapshot["fallbacks"] == 0
     finally:
         executor.shutdown()
@@ -143,7 +180,7 @@ def test_the_pool_survives_across_explain_calls(data: Data) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 target.explain_factual(data.x_test)
-            backend = executor.backend
+            backend = executor.executor
             assert backend is not None
             seen.append((backend, backend._pool, {p.pid for p in worker_children()} - before))
         backends, pools, pids = zip(*seen, strict=True)
@@ -153,7 +190,7 @@ def test_the_pool_survives_across_explain_calls(data: Data) -> None:
         assert executor.metrics.snapshot()["maps"] == 3
     finally:
         executor.shutdown()
-    assert executor.backend is None
+    assert executor.executor is None
     deadline = time.monotonic() + 10
     while {p.pid for p in worker_children()} - before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -221,16 +258,17 @@ def test_a_worker_killed_mid_explain_falls_back_to_identical_explanations(
 
 def test_the_executor_pickles_without_its_pool(data: Data) -> None:
     executor = executor_for("threads")
+    remember_slow_abs()
     try:
-        assert executor.map(abs, range(-20, 0)) == list(range(20, 0, -1))
-        live = executor.backend
+        assert executor.map(slow_abs, range(-20, 0)) == list(range(20, 0, -1))
+        live = executor.executor
         assert live is not None
         clone = pickle.loads(pickle.dumps(executor))
-        assert clone.backend is None
+        assert clone.executor is None
         assert clone.config == executor.config
         assert clone.metrics.snapshot()["maps"] == executor.metrics.snapshot()["maps"] == 1
-        assert clone.map(abs, range(-20, 0)) == list(range(20, 0, -1))
-        assert executor.backend is live  # pickling did not touch the original's pool
+        assert clone.map(slow_abs, range(-20, 0)) == list(range(20, 0, -1))
+        assert executor.executor is live  # pickling did not touch the original's pool
         # and an explainer carrying it pickles too (calibrated-explanations drops the executor)
         assert pickle.loads(pickle.dumps(explainer(data, executor))) is not None
         clone.shutdown()
@@ -240,14 +278,15 @@ def test_the_executor_pickles_without_its_pool(data: Data) -> None:
 
 def test_entering_twice_is_safe_and_an_error_cancels_the_pool() -> None:
     executor = executor_for("threads")
+    remember_slow_abs()
     with executor, executor:
         assert executor.active_strategy_name == "threads"
-        executor.map(abs, range(-20, 0))
-    assert executor.backend is not None  # kept for the next explain call
+        executor.map(slow_abs, range(-20, 0))
+    assert executor.executor is not None  # kept for the next explain call
     with pytest.raises(KeyError), executor:
         raise KeyError("boom")
-    assert executor.backend is None and executor.active_strategy_name is None
-    assert executor.map(abs, range(-20, 0)) == list(range(20, 0, -1))
+    assert executor.executor is None and executor.active_strategy_name is None
+    assert executor.map(slow_abs, range(-20, 0)) == list(range(20, 0, -1))
     executor.shutdown()
 
 
@@ -260,10 +299,73 @@ def test_small_or_disabled_work_stays_in_the_caller() -> None:
     )
     # below min_instances_for_parallel (the row chunk, 100 by default): no pool is started
     assert executor.map(abs, [-1, -2, -3], work_items=50) == [1, 2, 3]
-    assert executor.backend is None
-    assert records[-1][0] == "decision" and records[-1][1]["reason"] == "below_min_instances"
+    assert executor.executor is None
+    (decision,) = [r for e, r in records if e == "decision"]
+    # one record schema whatever the front door: the facade's decision record
+    assert (decision["reason"], decision["decision"]) == ("below_min_instances", "serial")
     disabled = ParallelExecutor(ParallelConfig(strategy="processes"))
-    assert disabled.map(abs, [-1, -2]) == [1, 2] and disabled.backend is None
+    assert disabled.map(abs, [-1, -2]) == [1, 2] and disabled.executor is None
+
+
+@pytest.mark.parametrize("strategy", ["threads", "processes", "joblib"])
+def test_the_operator_kill_switch_holds_for_the_adapter(
+    strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.setenv("CE_PARALLEL", "off")
+    executor = executor_for(strategy)
+    remember_slow_abs()
+    try:
+        where = executor.map(_where, range(40), work_items=4000)
+        assert set(where) == {(os.getpid(), threading.current_thread().name)}
+        assert executor.executor is None
+        assert executor.last_decision.reason == "operator_off"
+    finally:
+        executor.shutdown()
+
+
+def test_without_the_full_matrix_processes_run_on_the_conservative_substitute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ce_parallel import FullMatrixWarning
+
+    monkeypatch.delenv("CE_PARALLEL_FULL")
+    executor = executor_for("processes")
+    remember_slow_abs()
+    try:
+        with pytest.warns(FullMatrixWarning):
+            assert executor.map(slow_abs, range(-20, 0)) == list(range(20, 0, -1))
+        assert executor.last_decision.reason == "full_matrix_disabled"
+        assert executor.executor is not None and executor.executor.name == "joblib"
+    finally:
+        executor.shutdown()
+
+
+def test_in_ci_the_adapter_stays_serial_unless_the_operator_forces_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ci = dataclasses.replace(FREE_STARTS, ci=True, ci_provider="generic")
+    monkeypatch.delenv("CE_PARALLEL")
+    config = ParallelConfig(enabled=True, strategy="threads", instance_chunk_size=CHUNK_ROWS)
+    remember_slow_abs()
+    quiet = ParallelExecutor(config, resources=ci)
+    assert quiet.map(slow_abs, range(-20, 0)) == list(range(20, 0, -1))
+    assert quiet.last_decision.reason == "ci_environment"
+    monkeypatch.setenv("CE_PARALLEL", "on")
+    remember_slow_abs()  # the serial run above measured the real (tiny) cost: inject it again
+    forced = ParallelExecutor(config, resources=ci)
+    try:
+        forced.map(slow_abs, range(-20, 0))
+        assert forced.last_decision.use_parallel
+    finally:
+        forced.shutdown()
+
+
+def _where(_: int) -> tuple[int, str]:
+    import threading
+
+    return os.getpid(), threading.current_thread().name
 
 
 def test_config_matches_calibrated_explanations_field_for_field() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -16,9 +17,10 @@ from hypothesis import strategies as st
 
 from ce_parallel import ParallelConfig, heuristics
 from ce_parallel.callers import EXTERNAL
-from ce_parallel.decision import REASONS, FullMatrixWarning, ParallelDecision
+from ce_parallel.decision import FullMatrixWarning, ParallelDecision
 from ce_parallel.errors import ConfigurationError
 from ce_parallel.facade import ParallelFacade, full_matrix_strategies
+from ce_parallel.gate import REASONS
 from ce_parallel.registry import conservative_strategies
 from ce_parallel.resources import CpuBudget, Resources
 from ce_parallel.strategies.serial import SerialExecutor
@@ -178,7 +180,8 @@ def test_nested_map_inside_a_thread_worker_runs_serially() -> None:
             assert f.last_decision is not None
             return (f.decide_use_parallel(n, 10).reason, out)
 
-        results = f.map(inner, [100] * 40, n_features=10)
+        # a hint: the outer map runs no pilot items in this (non-worker) thread
+        results = f.map(inner, [100] * 40, n_features=10, seconds_per_item=0.01)
     assert {reason for reason, _ in results} == {"nested_worker"}
     assert all(out == [x * x for x in range(100)] for _, out in results)
 
@@ -265,7 +268,9 @@ def test_repeated_decisions_are_remembered_but_recorded_every_time() -> None:
     f = facade(THREADS, telemetry=sink)
     first = f.decide_use_parallel(*BIG)
     second = f.decide_use_parallel(*BIG)
-    assert first == second
+    # the same decision, recorded twice, each record with its own id
+    assert dataclasses.replace(first, decision_id="") == dataclasses.replace(second, decision_id="")
+    assert first.decision_id != second.decision_id
     assert f.last_decision is second
     assert len(sink.events("decision")) == 2
     # a bool is still refused after an equal int was decided
@@ -634,10 +639,11 @@ def test_decisions_do_not_depend_on_earlier_maps() -> None:
 @pytest.mark.parametrize("config", [ParallelConfig(), THREADS], ids=["serial", "parallel"])
 def test_map_equals_the_serial_loop(config: ParallelConfig) -> None:
     with facade(config) as f:
-        assert f.map(square, range(500), n_features=100) == [x * x for x in range(500)]
+        hint = {"seconds_per_item": 0.01}
+        assert f.map(square, range(500), **hint) == [x * x for x in range(500)]
         assert f.last_decision is not None
         assert f.last_decision.use_parallel == config.enabled
-        assert f.map(square, iter(range(20)), n_features=100) == [x * x for x in range(20)]
+        assert f.map(square, iter(range(20)), **hint) == [x * x for x in range(20)]
         assert f.map(square, []) == []
 
 
@@ -647,9 +653,9 @@ def test_seeded_map_gives_the_same_results_serial_parallel_and_on_a_caller_execu
         serial = off.map(noisy, items, n_features=100, seed=7)
         assert off.last_decision is not None and not off.last_decision.use_parallel
     with facade(THREADS) as f, ThreadPoolExecutor(2) as pool:
-        parallel = f.map(noisy, items, n_features=100, seed=7)
+        parallel = f.map(noisy, items, seconds_per_item=0.01, seed=7)
         assert f.last_decision is not None and f.last_decision.use_parallel
-        external = f.map(noisy, items, n_features=100, seed=7, executor=pool)
+        external = f.map(noisy, items, seconds_per_item=0.01, seed=7, executor=pool)
         assert f.last_decision.executor_type.endswith("ThreadPoolExecutor")
     assert serial == parallel == external
     assert serial != [noisy(x, __import__("numpy").random.default_rng(8)) for x in items]
@@ -667,26 +673,32 @@ def test_map_weighs_n_instances_when_the_items_are_not_the_instances() -> None:
         assert f.map(square, [1, 2, 3], n_instances=5000, n_features=10) == [1, 4, 9]
         assert f.last_decision is not None
         assert (f.last_decision.reason, f.last_decision.n_instances) == ("enabled", 5000)
+        # with a measured cost the count rules step aside: the pilot says the work is tiny
         f.map(square, range(5000), n_instances=3)
-        assert f.last_decision.reason == "below_min_instances"
+        assert (f.last_decision.reason, f.last_decision.cost_source) == ("spawn_cost", "pilot")
+        assert f.decide_use_parallel(3).reason == "below_min_instances"
 
 
 def test_map_records_decision_and_run() -> None:
     sink = Recorder()
     with facade(THREADS, telemetry=sink) as f:
-        f.map(square, range(400), n_features=100)
+        f.map(square, range(400), seconds_per_item=0.01)
     (decision,) = sink.events("decision")
     assert decision["reason"] == "enabled"
     (run,) = sink.events("run")
     assert run["items"] == 400
+    assert run["decision_id"] == decision["decision_id"] != ""
+    assert (
+        decision["call_site"] == run["call_site"] == f"{__name__}:test_map_records_decision_and_run"
+    )
 
 
 def test_pools_are_reused_and_released_by_close() -> None:
     f = facade(THREADS)
-    f.map(square, range(300), n_features=100)
+    f.map(square, range(300), seconds_per_item=0.01)
     pool = f.executors["threads"]
     assert isinstance(pool, ThreadExecutor)
-    f.map(square, range(300), n_features=100)
+    f.map(square, range(300), seconds_per_item=0.01)
     assert f.executors["threads"] is pool
     f.close()
     f.close()  # idempotent
@@ -700,8 +712,8 @@ def test_pools_are_reused_and_released_by_close() -> None:
 def test_context_manager_closes_owned_executors_but_not_the_callers() -> None:
     with ThreadPoolExecutor(2) as pool:
         with facade(THREADS) as f:
-            f.map(square, range(300), n_features=100)
-            f.map(square, range(300), n_features=100, executor=pool)
+            f.map(square, range(300), seconds_per_item=0.01)
+            f.map(square, range(300), seconds_per_item=0.01, executor=pool)
             owned = f.executors["threads"]
         with pytest.raises(RuntimeError):
             owned.map(square, [1])

@@ -301,8 +301,11 @@ def test_auto_emits_a_decision_record() -> None:
     with create_executor(config) as executor:
         executor.map(double, list(range(10)))
     decisions = [p for e, p in records if e == "decision"]
-    assert decisions and decisions[-1]["strategy"] == "sequential"
-    assert decisions[-1]["items"] == 10
+    assert decisions and decisions[-1]["source"] == "auto"
+    # the gate's record, with auto's choice and estimates beside it
+    assert decisions[-1]["strategy"] == executor.last_strategy
+    assert decisions[-1]["n_instances"] == 10
+    assert decisions[-1]["cost_source"] == "pilot"
 
 
 def test_auto_remembers_measurements_without_keeping_the_function_alive() -> None:
@@ -322,10 +325,14 @@ def test_auto_remembers_measurements_without_keeping_the_function_alive() -> Non
     model = Model()
     alive = weakref.ref(model)
     fn = functools.partial(apply, model)
+    from ce_parallel.costs import MEMORY
+
     with create_executor(ParallelConfig(enabled=True, strategy="auto", full_matrix=True)) as ex:
         assert ex.map(fn, range(50)) == [2 * x for x in range(50)]
-        assert len(ex._profiles) == 1
+        assert len(MEMORY) == 1
+        # a new partial of the same model is the same work: remembered, not piloted again
+        assert MEMORY.recall(MEMORY.key(functools.partial(apply, model))) is not None
         del fn, model
         gc.collect()
         assert alive() is None
-        assert len(ex._profiles) == 0
+        assert len(MEMORY) == 0

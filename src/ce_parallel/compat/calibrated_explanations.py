@@ -41,13 +41,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .. import telemetry
 from ..checks import check_int, parse_switch, rejected
 from ..config import ENV_MAIN
 from ..config import ParallelConfig as CoreConfig
 from ..errors import ConfigurationError
 from ..executor import ParallelExecutor as CoreExecutor
-from ..executor import create_executor, default_chunksize
+from ..executor import default_chunksize
+from ..facade import ParallelFacade
 from ..heuristics import CE_INSTANCE_CHUNK_ROWS, FACADE_MIN_INSTANCES
 from ..metrics import ParallelMetrics
 from ..registry import strategy_record
@@ -217,9 +217,12 @@ class ParallelExecutor:
     (its own fallback, ``min_batch_size`` rows, spends more time on per-chunk set-up than on
     explaining). Changes made to ``config`` afterwards apply from the next ``map``.
 
-    The pool is created on the first parallel ``map`` and reused by every later one, across
-    explain calls, until ``shutdown()`` or ``cancel()``. ``cache`` (calibrated-explanations'
-    calibrator cache) is reset before a process-based pool starts, as its own executor does.
+    Every ``map`` goes through a ``ce_parallel.ParallelFacade``: the same gate as any other
+    caller (the operator's ``CE_PARALLEL=off`` and ``CE_PARALLEL_FULL``, CI, the CPU budget,
+    measured costs), the same decision and run records. Its pools are created on the first
+    parallel ``map`` and reused by every later one, across explain calls, until ``shutdown()``
+    or ``cancel()``. ``cache`` (calibrated-explanations' calibrator cache) is reset before a
+    pool whose strategy pickles work starts, as its own executor does.
     """
 
     def __init__(
@@ -238,8 +241,9 @@ class ParallelExecutor:
         #: The strategy serving this executor while it is entered; ``"sequential"`` after a map
         #: whose workers failed and whose work was re-run serially; None when disabled.
         self.active_strategy_name: str | None = None
-        self._backend: CoreExecutor | None = None
-        self._backend_key: tuple[CoreConfig, int | None] | None = None
+        self._facade: ParallelFacade | None = None
+        self._facade_key: tuple[CoreConfig, int | None] | None = None
+        self._reset_for: set[str] = set()
         self._lock = threading.Lock()
 
     # -- the protocol calibrated-explanations reads -------------------------------------------
@@ -253,30 +257,30 @@ class ParallelExecutor:
         work_items: int | None = None,
         chunksize: int | None = None,
     ) -> list[Any]:
-        """Return ``[fn(x) for x in items]``, on the pool when the work is large enough.
+        """Return ``[fn(x) for x in items]``, in parallel where the facade's gate says so.
 
         ``work_items`` is the caller's measure of the work (instances, or instances x
-        features); below ``min_instances_for_parallel`` (or ``tiny_workload_threshold``) the
-        loop runs serially, as in calibrated-explanations. ``workers`` caps the pool size (a
+        features): the count rules weigh it while nothing is known of the cost (after a first
+        run the facade decides from what it measured). ``workers`` caps the pool size (a
         different value replaces the pool). ``chunksize`` is how many items travel to a worker
-        together; by default about ``CHUNKS_PER_WORKER`` chunks per worker, so tasks that share
+        together; by default the items are split evenly over the workers, so tasks that share
         one explainer pickle it once per chunk.
         """
         check_int("workers", workers, 1)
+        self.config.validate()
         work = list(items)
-        if not self.config.enabled or len(work) < 2:
-            return [fn(item) for item in work]
-        candidate = work_items if work_items is not None else len(work)
-        threshold = self._min_parallel_work()
-        if candidate < threshold:
-            return self._serially(fn, work, "below_min_instances", candidate, threshold)
-        backend = self._backend_for(workers)
-        if backend.workers < 2 and backend.name != "sequential":
-            return self._serially(fn, work, "no_cpu_budget", candidate, backend.workers)
-        size = chunksize or default_chunksize(len(work), backend.workers)
+        facade = self._facade_for(workers)
+        size = chunksize or default_chunksize(len(work), _workers(facade))
+        # the calibrator cache is reset before a pool that pickles work first starts
+        self._reset_cache_for(facade.target_strategy())
         fallbacks_before = self.metrics.fallbacks
         try:
-            return backend.map(fn, work, chunksize=size)
+            return facade.map(
+                fn,
+                work,
+                n_instances=work_items if work_items is not None else len(work),
+                chunksize=size,
+            )
         finally:
             if self.metrics.fallbacks > fallbacks_before:
                 # calibrated-explanations warns after the call when it sees "sequential" here
@@ -295,9 +299,7 @@ class ParallelExecutor:
 
     def cancel(self) -> None:
         """Stop a running ``map`` and kill the pool; the next ``map`` starts a fresh one."""
-        backend = self._detach()
-        if backend is not None:
-            backend.shutdown(cancel=True)
+        self._release(cancel=True)
         self.active_strategy_name = None
 
     def shutdown(self, cancel: bool = False) -> None:
@@ -305,19 +307,27 @@ class ParallelExecutor:
 
         The executor stays usable: a later ``map`` starts a new pool.
         """
-        backend = self._detach()
-        if backend is not None:
-            backend.shutdown(cancel=cancel)
+        self._release(cancel=cancel)
         self.active_strategy_name = None
 
     @property
-    def backend(self) -> CoreExecutor | None:
-        """The ce-parallel executor serving maps (None before the first parallel map)."""
-        return self._backend
+    def executor(self) -> CoreExecutor | None:
+        """The ce-parallel executor that ran the last parallel map (None before one)."""
+        facade = self._facade
+        decision = None if facade is None else facade.last_decision
+        if facade is None or decision is None or not decision.use_parallel:
+            return None
+        found: CoreExecutor | None = facade.executors.get(decision.strategy)
+        return found
+
+    @property
+    def last_decision(self) -> Any:
+        """The facade's decision for the last ``map`` (a ``ce_parallel.ParallelDecision``)."""
+        return None if self._facade is None else self._facade.last_decision
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_backend=None, _backend_key=None)
+        state.update(_facade=None, _facade_key=None, _reset_for=set())
         state.pop("_lock", None)
         return state
 
@@ -328,40 +338,13 @@ class ParallelExecutor:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(enabled={self.config.enabled}, "
-            f"strategy={self.config.strategy!r}, backend={self._backend!r})"
+            f"strategy={self.config.strategy!r}, executor={self.executor!r})"
         )
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _min_parallel_work(self) -> int:
-        # calibrated-explanations' gate: the instance threshold, raised by the tiny-work one
-        cfg = self.config
-        threshold = cfg.min_instances_for_parallel or max(
-            FACADE_MIN_INSTANCES, cfg.instance_chunk_size or cfg.min_batch_size
-        )
-        if cfg.tiny_workload_threshold is not None:
-            threshold = max(threshold, cfg.tiny_workload_threshold)
-        return threshold
-
-    def _serially(
-        self, fn: Callable[[Any], Any], work: list[Any], reason: str, work_items: int, limit: int
-    ) -> list[Any]:
-        telemetry.emit(
-            "decision",
-            {
-                "decision": "sequential",
-                "reason": reason,
-                "strategy": self.config.strategy,
-                "work_items": work_items,
-                "limit": limit,
-            },
-            callback=self.config.telemetry,
-            path=self.config.telemetry_path,
-        )
-        return [fn(item) for item in work]
-
-    def _backend_for(self, workers: int | None) -> CoreExecutor:
-        """The pooled ce-parallel executor for the current settings, created on first use."""
+    def _facade_for(self, workers: int | None) -> ParallelFacade:
+        """The facade for the current settings (and ``workers`` cap), created on first use."""
         core = self.config.to_core()
         cap = (
             workers
@@ -370,25 +353,44 @@ class ParallelExecutor:
         )
         key = (core, cap)
         with self._lock:
-            if self._backend is not None and self._backend_key == key:
-                return self._backend
-            stale = self._backend
-            if self.cache is not None and strategy_record(core.strategy).pickles_work:
-                self.cache.forksafe_reset()
-            # creating an executor starts no pool (that happens on its first map): cheap enough
-            # to hold the lock, so two threads never build two pools
-            backend = create_executor(core, max_workers=cap, resources=self.resources)
-            backend.metrics = self.metrics
-            self.metrics.max_workers = backend.workers
-            self._backend, self._backend_key = backend, key
+            if self._facade is not None and self._facade_key == key:
+                return self._facade
+            stale = self._facade
+            # creating a facade starts no pool (that happens on its first parallel map): cheap
+            # enough to hold the lock, so two threads never build two
+            # calibrated-explanations' instance floor: a task of rows is the unit of work, so
+            # fewer instances than one row chunk stay serial while nothing is known of the cost
+            floor = core.min_instances_for_parallel or max(
+                FACADE_MIN_INSTANCES, core.instance_chunk_size or core.min_batch_size
+            )
+            facade = ParallelFacade(
+                core.replace(max_workers=cap, min_instances_for_parallel=floor),
+                resources=self.resources,
+                metrics=self.metrics,
+            )
+            self._facade, self._facade_key = facade, key
+            self._reset_for = set()
         if stale is not None:
-            stale.shutdown()
-        return backend
+            stale.close()
+        return facade
 
-    def _detach(self) -> CoreExecutor | None:
+    def _reset_cache_for(self, strategy: str) -> None:
+        if self.cache is None or strategy in self._reset_for:
+            return
+        self._reset_for.add(strategy)
+        if strategy_record(strategy).pickles_work:
+            self.cache.forksafe_reset()
+
+    def _release(self, cancel: bool) -> None:
         with self._lock:
-            backend, self._backend, self._backend_key = self._backend, None, None
-        return backend
+            facade, self._facade, self._facade_key = self._facade, None, None
+        if facade is not None:
+            facade.close(cancel=cancel)
+
+
+def _workers(facade: ParallelFacade) -> int:
+    cap = facade.config.max_workers
+    return cap if cap is not None else facade.resources.budget.count
 
 
 __all__ = ["ParallelConfig", "ParallelExecutor"]

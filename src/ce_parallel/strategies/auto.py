@@ -16,21 +16,27 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from .. import telemetry
-from ..executor import MapCall, ParallelExecutor, annotate_item_error, create_executor
-from ..pilot import PilotError, pickled_size, pilot
+from .. import costing, telemetry
+from ..config import operator_switch
+from ..costs import Measurement
+from ..decision import ParallelDecision
+from ..executor import (
+    MapCall,
+    ParallelExecutor,
+    annotate_item_error,
+    create_executor,
+    shift_item_index,
+)
+from ..gate import Ground, Question, decide
 from ..registry import strategy_record
 from ..resources import Resources
 from ..selection import Selection, WorkloadProfile, explain_selection, selectable
+from ..worker import in_worker
 
-#: How many functions' measurements an executor remembers (least recently used are dropped).
-PROFILE_CACHE_SIZE = 32
 #: How many selections an executor remembers (cleared when full).
 SELECTION_CACHE_SIZE = 256
 
@@ -42,15 +48,6 @@ def _starts_in_background(strategy: str) -> bool:
 
 def _noop(_: Any) -> None:
     return None
-
-
-@dataclass(frozen=True)
-class _Measured:
-    per_item_seconds: float
-    holds_gil: bool | None
-    cpu_ratio: float
-    thread_scaling: float | None
-    item_bytes: int | None
 
 
 class _Warmup:
@@ -90,15 +87,16 @@ class AutoExecutor(ParallelExecutor):
         self._snapshot = replace(base, budget=self.budget)
         self._executors: dict[str, ParallelExecutor] = {}
         self._warmups: dict[str, _Warmup] = {}
-        self._profiles: OrderedDict[Hashable, _Measured] = OrderedDict()
         self._selections: dict[tuple[Any, ...], Selection] = {}
+        # the operator's kill switch holds on this front door too (read once, as the facade does)
+        self._ground = Ground(
+            self.config, self._snapshot, operator_switch() is False, front_door="executor"
+        )
         #: The strategy and reason of the last map (what ran the items after the pilot).
+        self.last_decision: ParallelDecision | None = None
         self.last_strategy: str | None = None
         self.last_reason: str | None = None
         self.last_selection: Selection | None = None
-
-    def _forget(self, key: Any) -> None:
-        self._profiles.pop(key, None)
 
     # -- the selection ----------------------------------------------------------------------
 
@@ -129,40 +127,22 @@ class AutoExecutor(ParallelExecutor):
         return warmup
 
     def _measure(
-        self,
-        fn: Callable[..., Any],
-        work: list[Any],
-        seeds: list[Any] | None,
-        key: Hashable | None,
-    ) -> tuple[list[Any], _Measured]:
-        """Run the pilot, or reuse what an earlier map of ``fn`` measured (then nothing runs)."""
-        known = self._profiles.get(key) if key is not None else None
-        if known is not None:
-            enough = len(work) * known.per_item_seconds
-            if known.holds_gil is not None or enough < _min_parallel_work():
-                self._profiles.move_to_end(key)
-                return [], known
+        self, fn: Callable[..., Any], work: list[Any], seeds: list[Any] | None
+    ) -> costing.Costing:
+        """Recall what an earlier map of ``fn`` measured (nothing runs), or run the pilot."""
+        known = costing.recall(fn)
+        if known is not None and known.measurement is not None:
+            enough = len(work) * known.measurement.per_item_s
+            if known.measurement.holds_gil is not None or enough < _min_parallel_work():
+                return known
         try:
-            result = pilot(fn, work, seeds, threads=min(2, self.workers))
-        except PilotError as failure:
+            return costing.measure(fn, work, seeds, probe_threads=min(2, self.workers))
+        except costing.PilotError as failure:
             self.metrics.add(failures=1)
             annotate_item_error(failure.error, failure.index, self.name, None)
             raise failure.error from None
-        measured = _Measured(
-            result.per_item_seconds,
-            result.holds_gil,
-            result.cpu_ratio,
-            result.thread_scaling,
-            pickled_size(work[0]) if result.holds_gil else None,
-        )
-        if key is not None:
-            self._profiles[key] = measured
-            self._profiles.move_to_end(key)
-            while len(self._profiles) > PROFILE_CACHE_SIZE:
-                self._profiles.popitem(last=False)
-        return result.results, measured
 
-    def _select(self, n: int, measured: _Measured | None, assume_warm: bool = False) -> Selection:
+    def _select(self, n: int, measured: Measurement | None, assume_warm: bool = False) -> Selection:
         warm = frozenset(selectable()) if assume_warm else self._warm_pools()
         # a selection depends only on these and on what the executor fixed at construction, and
         # a repeated map asks the same question again: answer it from memory
@@ -174,7 +154,9 @@ class AutoExecutor(ParallelExecutor):
             known = self._selections[key] = self._new_selection(n, measured, warm)
         return known
 
-    def _new_selection(self, n: int, measured: _Measured | None, warm: frozenset[str]) -> Selection:
+    def _new_selection(
+        self, n: int, measured: Measurement | None, warm: frozenset[str]
+    ) -> Selection:
         if measured is None:
             profile = WorkloadProfile(
                 n_items=n,
@@ -185,12 +167,13 @@ class AutoExecutor(ParallelExecutor):
             profile = WorkloadProfile(
                 n_items=n,
                 task_size_hint_bytes=self.config.task_size_hint_bytes,
-                per_item_seconds=measured.per_item_seconds,
+                per_item_seconds=measured.per_item_s,
                 holds_gil=measured.holds_gil,
                 cpu_ratio=measured.cpu_ratio,
                 thread_scaling=measured.thread_scaling,
                 item_bytes=measured.item_bytes,
                 warm_pools=warm,
+                observed=measured.observed,
             )
         return explain_selection(profile, self._snapshot)
 
@@ -200,10 +183,11 @@ class AutoExecutor(ParallelExecutor):
         """Pilot the first items (or recall their measurements), choose, run the rest there."""
         fn, bar = call.fn, call.bar
         started = time.perf_counter()
-        head: list[Any] = []
-        measured: _Measured | None = None
+        cost: costing.Costing | None = None
         if self.config.worker_initializer is None:
-            head, measured = self._measure(fn, work, seeds, _fn_key(fn, self._forget))
+            cost = self._measure(fn, work, seeds)
+        head = cost.head if cost is not None else []
+        measured = cost.measurement if cost is not None else None
         # With a worker initializer nothing runs in the calling thread or on probe threads
         # (they are not workers); the choice rests on the caller's hints and every item goes
         # to one executor, so the initializer runs once per worker of that executor.
@@ -214,7 +198,7 @@ class AutoExecutor(ParallelExecutor):
         if (
             measured is not None
             and selection.strategy == "sequential"
-            and len(work) * measured.per_item_seconds >= _min_parallel_work()
+            and len(work) * measured.per_item_s >= _min_parallel_work()
         ):
             # A pool that would pay off on a repeat of the whole map starts now, for next time:
             # on a first map if it pays off even cold; on a repeat (the measurements were
@@ -222,48 +206,76 @@ class AutoExecutor(ParallelExecutor):
             whole = self._select(len(work), measured, assume_warm=not done)
             if whole.strategy != "sequential" and _starts_in_background(whole.strategy):
                 self._warm_in_background(whole.strategy)
+        decision = self._gate(selection, measured, cost, len(work), len(work) - done)
+        strategy = decision.strategy
         self.last_selection = selection
-        self.last_strategy, self.last_reason = selection.strategy, selection.reason
-        if telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
-            self._emit_decision(selection, measured, len(work), done)
+        self.last_decision = decision
+        self.last_strategy = strategy
+        self.last_reason = selection.reason if strategy == selection.strategy else decision.detail
         rest = work[done:] if done else work
         rest_seeds = seeds[done:] if seeds is not None and done else seeds
+        run_started = time.perf_counter()
         try:
             if not rest:
                 tail: list[Any] = []
-            elif selection.strategy == "sequential" and measured is not None:
-                tail = self.run_serially(
-                    call, rest, rest_seeds, offset=done, per_item_s=measured.per_item_seconds
-                )
+            elif strategy == "sequential" and measured is not None:
+                # the pilot ran here already: the rest runs here too, in blocks sized from it
+                per_item = measured.per_item_s
+                tail = self.run_serially(call, rest, rest_seeds, offset=done, per_item_s=per_item)
             else:
-                tail = self._run_pooled(selection.strategy, call, rest, rest_seeds, done)
+                tail = self._run_pooled(strategy, call, rest, rest_seeds, done)
         finally:
             wall = time.perf_counter() - started
             self.metrics.add(maps=1, tasks_submitted=len(work), total_duration=wall)
+        if cost is not None and rest:
+            # a run far from its estimate corrects what is remembered about fn
+            costing.check_run(
+                cost,
+                strategy,
+                len(rest),
+                time.perf_counter() - run_started,
+                selection.estimates.get(strategy),
+            )
         self.metrics.add(tasks_completed=len(work))
         if not head:
             return tail
         tail[:0] = head
         return tail
 
-    def _emit_decision(
-        self, selection: Selection, measured: _Measured | None, items: int, done: int
-    ) -> None:
-        self._emit(
-            "decision",
-            {
-                "source": "auto",
-                "strategy": selection.strategy,
-                "reason": selection.reason,
-                "items": items,
-                "pilot_items": done,
-                "per_item_seconds": None if measured is None else measured.per_item_seconds,
-                "holds_gil": None if measured is None else measured.holds_gil,
-                "estimates": selection.estimates,
-                "budget": self.budget.count,
-                "limited_by": self.budget.limited_by,
-            },
+    def _gate(
+        self,
+        selection: Selection,
+        measured: Measurement | None,
+        cost: costing.Costing | None,
+        n_instances: int,
+        n_items: int,
+    ) -> ParallelDecision:
+        """The gate's decision on the selection: the same table, record and reasons as the
+        facade's (operator switch, nesting, budget, payload; the choice itself is the cost
+        rule's verdict)."""
+        question = Question(
+            n_instances=n_instances,
+            n_items=n_items,
+            per_item_s=None if measured is None else measured.per_item_s,
+            cost_source="assumed" if cost is None else cost.source,  # type: ignore[arg-type]
+            spread=0.0 if measured is None else measured.spread,
+            holds_gil=None if measured is None else measured.holds_gil,
+            requested=selection.strategy,
+            warm=selection.strategy in self._warm_pools(),
+            nested="ce-parallel worker" if in_worker() else None,
+            cost_verdict=selection.reason if selection.strategy == "sequential" else None,
         )
+        decision = decide(question, self._ground)
+        if telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
+            payload = decision.as_dict()
+            payload.update(
+                source="auto",
+                chosen=selection.strategy,
+                choice=selection.reason,
+                estimates=selection.estimates,
+            )
+            self._emit("decision", payload)
+        return decision
 
     def _run_pooled(
         self,
@@ -288,7 +300,7 @@ class AutoExecutor(ParallelExecutor):
             # the chosen executor watches this call's own cancel flag and deadline
             return head + self._executor(strategy).execute(call, rest, seeds)
         except BaseException as exc:
-            _shift_item_index(exc, offset, strategy)
+            shift_item_index(exc, offset, strategy)
             raise
 
     # -- hooks and lifecycle ------------------------------------------------------------------
@@ -308,40 +320,6 @@ def _min_parallel_work() -> float:
     from ..heuristics import AUTO_MIN_PARALLEL_WORK_S
 
     return AUTO_MIN_PARALLEL_WORK_S
-
-
-def _fn_key(fn: Callable[..., Any], forget: Callable[[Any], None]) -> Hashable | None:
-    """A weak key under which ``fn``'s measurements are remembered; None if there can be none.
-
-    The key never keeps ``fn`` (or a model it carries) alive: when ``fn`` is collected,
-    ``forget`` drops its entry. A bound method is keyed by its object and function, so the
-    same method of the same object finds its measurements again.
-    """
-    try:
-        if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
-            return weakref.WeakMethod(fn, forget)
-        key = weakref.ref(fn, forget)
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
-
-def _shift_item_index(exc: BaseException, offset: int, strategy: str) -> None:
-    """Make the failing item's index count from the start of the whole map, not the remainder."""
-    index = getattr(exc, "ce_parallel_item_index", None)
-    if index is None or offset == 0:
-        return
-    exc.ce_parallel_item_index = index + offset  # type: ignore[attr-defined]
-    notes = getattr(exc, "__notes__", None)
-    old = f"ce-parallel: raised by item {index} (strategy {strategy!r})"
-    if isinstance(notes, list) and old in notes:
-        notes[notes.index(old)] = (
-            f"ce-parallel: raised by item {index + offset} (strategy 'auto' running {strategy!r})"
-        )
-    elif exc.args and isinstance(exc.args[0], str) and old in exc.args[0]:
-        new = f"ce-parallel: raised by item {index + offset} (strategy 'auto' running {strategy!r})"
-        exc.args = (exc.args[0].replace(old, new), *exc.args[1:])
 
 
 __all__ = ["AutoExecutor"]

@@ -1,0 +1,123 @@
+"""How a map learns what its items cost: a hint, the memory, a pilot, or the assumption.
+
+The facade and ``auto`` both go through here, so they measure and remember the same way:
+
+1. ``seconds_per_item`` given by the caller: the ``hint`` decides.
+2. A measurement of the same function in ``costs.MEMORY``: ``remembered``, nothing runs.
+3. Otherwise a ``pilot``: the first items run here, their results are kept (never recomputed),
+   and what they measured is remembered for the next call.
+4. When nothing can be measured: ``assumed`` (the gate's count rules and assumed cost decide).
+
+After the run, ``check_run`` compares what it took with what was predicted; a run more than
+``RECHECK_FACTOR`` off replaces what was remembered, so one misjudged pilot is not kept for ever.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .costs import MEMORY, Measurement
+from .heuristics import RECHECK_FACTOR
+from .pilot import PilotError, pickled_size, pilot, time_first_items
+
+
+@dataclass
+class Costing:
+    """What a map knows about its items' cost, and the results a pilot already produced."""
+
+    source: str
+    measurement: Measurement | None
+    key: Hashable | None = None
+    head: list[Any] = field(default_factory=list)
+
+    @property
+    def per_item_s(self) -> float | None:
+        return None if self.measurement is None else self.measurement.per_item_s
+
+
+def hinted(seconds_per_item: float) -> Costing:
+    """The caller's hint."""
+    return Costing("hint", Measurement(float(seconds_per_item), items=0))
+
+
+def recall(fn: Callable[..., Any]) -> Costing | None:
+    """What the memory knows about ``fn``, if anything (nothing runs)."""
+    key = MEMORY.key(fn)
+    known = MEMORY.recall(key)
+    if known is None:
+        return None
+    return Costing("remembered", known, key)
+
+
+def measure(
+    fn: Callable[..., Any],
+    work: Sequence[Any],
+    seeds: Sequence[Any] | None,
+    *,
+    probe_threads: int = 0,
+) -> Costing:
+    """Run a pilot of the first items of ``work`` here; remember what it measured.
+
+    With ``probe_threads`` >= 2 the pilot also runs a few items on that many threads at once,
+    to learn whether the items hold the GIL (what a thread pool needs to know). A caller's
+    exception is raised as ``PilotError`` with the failing item's index.
+    """
+    if probe_threads >= 2:
+        result = pilot(fn, work, seeds, threads=probe_threads)
+    else:
+        result = time_first_items(fn, work, seeds)
+    holds_gil = result.holds_gil
+    measurement = Measurement(
+        per_item_s=result.per_item_seconds,
+        spread=result.spread,
+        items=result.done,
+        holds_gil=holds_gil,
+        cpu_ratio=result.cpu_ratio,
+        thread_scaling=result.thread_scaling,
+        item_bytes=pickled_size(work[0]) if holds_gil else None,
+    )
+    key = MEMORY.remember_fn(fn, measurement)
+    return Costing("pilot", measurement, key, result.results)
+
+
+def learn(fn: Callable[..., Any], per_item_s: float, items: int) -> None:
+    """Remember what a serial run of ``fn`` measured, where nothing was known before."""
+    if MEMORY.recall(MEMORY.key(fn)) is None:
+        MEMORY.remember_fn(fn, Measurement(per_item_s=per_item_s, items=items))
+
+
+def check_run(
+    costing: Costing,
+    strategy: str,
+    items: int,
+    wall_s: float,
+    predicted_s: float | None,
+    start_s: float = 0.0,
+) -> bool:
+    """Compare a run with its prediction; a run far off updates the memory. True if updated.
+
+    A serial run's time per item replaces the remembered cost; a parallel run's is remembered
+    as what that strategy really takes for this function (``Measurement.observed``), which the
+    next estimate uses instead of the model.
+    """
+    if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
+        return False
+    if predicted_s <= 0 or wall_s <= 0:
+        return False
+    if abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
+        return False
+    per_item = max(0.0, wall_s - start_s) / items
+    known = costing.measurement
+    if strategy == "sequential":
+        updated = replace(known, per_item_s=per_item, items=items)
+    else:
+        updated = known.with_observed(strategy, per_item)
+    MEMORY.remember(costing.key, updated)
+    costing.measurement = updated
+    return True
+
+
+__all__ = ["Costing", "PilotError", "check_run", "hinted", "learn", "measure", "recall"]

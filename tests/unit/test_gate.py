@@ -1,0 +1,207 @@
+"""The one gate, against injected machines and injected measurements (nothing is timed here)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+from typing import Any
+
+import pytest
+
+from ce_parallel import ParallelConfig, ParallelFacade, create_executor
+from ce_parallel.costing import Costing, check_run
+from ce_parallel.costs import MEMORY, Measurement
+from ce_parallel.gate import REASONS, RULES, Ground, Question, decide
+from ce_parallel.resources import CpuBudget, Resources
+
+THREADS = ParallelConfig(enabled=True, strategy="threads")
+JOBLIB = ParallelConfig(enabled=True, strategy="joblib")
+
+
+def machine(cpus: int = 2, **starts: float) -> Resources:
+    return Resources(
+        budget=CpuBudget(cpus, "affinity", {"affinity": cpus}),
+        thread_start_s=starts.get("thread", 0.001),
+        process_start_s=starts.get("process", 0.2),
+        spawn_cost_s=starts.get("spawn", 0.01),
+    )
+
+
+def ground(config: ParallelConfig = THREADS, **kwargs: Any) -> Ground:
+    return Ground(config, kwargs.pop("resources", machine()), **kwargs)
+
+
+def facade(config: ParallelConfig = THREADS, **kwargs: Any) -> ParallelFacade:
+    return ParallelFacade(config, environ=kwargs.pop("environ", {}), resources=machine(), **kwargs)
+
+
+def test_reason_codes_are_the_tables_codes() -> None:
+    assert ("enabled", "full_matrix_disabled", *(rule.code for rule in RULES)) == REASONS
+    assert len(set(REASONS)) == len(REASONS)
+
+
+def test_a_hint_decides_on_cost_where_the_counts_would_say_tiny() -> None:
+    # 8 sleeps of 0.2 s: below every count threshold, but 1.6 s of work
+    d = decide(Question(8, per_item_s=0.2, cost_source="hint", requested="threads"), ground())
+    assert (d.decision, d.reason, d.cost_source) == ("parallel", "enabled", "hint")
+    # 10 items of 30 ms are 0.3 s of work, not a "tiny" workload
+    d = decide(Question(10, per_item_s=0.03, cost_source="hint", requested="threads"), ground())
+    assert d.use_parallel
+    # without a cost the same counts are tiny, and the decision says the cost was assumed
+    d = decide(Question(10, requested="threads"), ground())
+    assert (d.reason, d.cost_source) == ("tiny_workload", "assumed")
+
+
+def test_a_warm_pool_costs_nothing_to_start() -> None:
+    question = Question(1000, per_item_s=300e-6, cost_source="hint", requested="joblib")
+    cold = decide(question, ground(JOBLIB))
+    warm = decide(Question(**{**question.__dict__, "warm": True}), ground(JOBLIB))
+    assert (cold.use_parallel, cold.start_cost_s) == (False, 0.2)
+    assert (warm.use_parallel, warm.start_cost_s) == (True, 0.0)
+
+
+def test_a_measured_start_up_replaces_the_prior() -> None:
+    question = Question(1000, per_item_s=3e-3, cost_source="hint", requested="joblib")
+    assert decide(question, ground(JOBLIB)).use_parallel
+    MEMORY.record_start("joblib", 5.0)
+    slow = decide(question, ground(JOBLIB))
+    assert (slow.use_parallel, slow.reason, slow.start_cost_s) == (False, "spawn_cost", 5.0)
+
+
+def test_threads_are_not_chosen_for_items_that_hold_the_gil() -> None:
+    base = {"per_item_s": 0.01, "cost_source": "pilot", "requested": "threads"}
+    assert decide(Question(1000, holds_gil=False, **base), ground()).use_parallel
+    assert not decide(Question(1000, holds_gil=True, **base), ground()).use_parallel
+    # measured but never probed: threads might meet the GIL, so no clear gain is assumed
+    assert not decide(Question(1000, **base), ground()).use_parallel
+    # a process pool does not care about the GIL
+    joblib = {**base, "requested": "joblib"}
+    assert decide(Question(1000, holds_gil=True, **joblib), ground(JOBLIB)).use_parallel
+
+
+def test_a_clear_gain_is_required() -> None:
+    # 2 items of 10 ms on 2 workers: at best 2x, but the margin is applied to the estimate
+    d = decide(Question(100, per_item_s=1e-5, cost_source="hint", requested="threads"), ground())
+    assert (d.use_parallel, d.reason) == (False, "spawn_cost")
+    assert "MIN_PARALLEL_GAIN" in d.detail
+
+
+def test_an_explicit_worker_count_is_honoured_above_the_budget() -> None:
+    config = THREADS.replace(max_workers=4)
+    d = decide(
+        Question(16, per_item_s=0.2, cost_source="hint", requested="threads"), ground(config)
+    )
+    assert (d.use_parallel, d.workers) == (True, 4)
+    assert "exceed the CPU budget of 2" in d.detail
+
+
+def test_the_kill_switch_and_nesting_come_first_on_every_door() -> None:
+    question = Question(1000, per_item_s=1.0, cost_source="hint", requested="threads")
+    for door in ("facade", "executor"):
+        off = decide(question, ground(operator_off=True, front_door=door))
+        assert off.reason == "operator_off"
+    nested = Question(**{**question.__dict__, "nested": "ce-parallel worker"})
+    assert decide(nested, ground()).reason == "nested_worker"
+
+
+def test_the_facade_kill_switch_holds_for_a_map_and_its_pools() -> None:
+    with facade(environ={"CE_PARALLEL": "off"}) as f:
+        where = f.map(_where, range(40), seconds_per_item=1.0)
+        assert f.last_decision is not None and f.last_decision.reason == "operator_off"
+        assert f.executors.keys() <= {"sequential"}
+    assert set(where) == {(os.getpid(), threading.current_thread().name)}
+
+
+def test_the_auto_strategy_honours_the_kill_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CE_PARALLEL", "off")
+    MEMORY.remember_fn(_where, Measurement(per_item_s=0.05, holds_gil=True))
+    config = ParallelConfig(enabled=True, strategy="auto", full_matrix=True)
+    with create_executor(config) as ex:
+        where = ex.map(_where, range(40))
+        assert ex.last_decision.reason == "operator_off"  # type: ignore[attr-defined]
+    assert set(where) == {(os.getpid(), threading.current_thread().name)}
+
+
+def test_pilot_items_run_exactly_once() -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def record(x: int) -> int:
+        with lock:
+            seen.append(x)
+        return x * 2
+
+    with facade() as f:
+        assert f.map(record, range(200)) == [2 * x for x in range(200)]
+        assert f.last_decision is not None and f.last_decision.cost_source == "pilot"
+    assert sorted(seen) == list(range(200))
+
+
+def test_a_repeated_map_recalls_instead_of_piloting_again() -> None:
+    with facade() as f:
+        f.map(_double, range(100))
+        assert f.last_decision is not None and f.last_decision.cost_source == "pilot"
+        f.map(_double, range(100))
+        assert f.last_decision.cost_source == "remembered"
+
+
+def test_a_remembered_measurement_is_dropped_with_its_function() -> None:
+    def local(x: int) -> int:
+        return x + 1
+
+    alive = weakref.ref(local)
+    with facade() as f:
+        f.map(local, range(100))
+    assert len(MEMORY) == 1
+    del local
+    gc.collect()
+    assert alive() is None and len(MEMORY) == 0
+
+
+def test_a_run_far_from_its_prediction_updates_the_memory() -> None:
+    key = MEMORY.remember_fn(_double, Measurement(per_item_s=0.01, holds_gil=False))
+    costing = Costing("remembered", MEMORY.recall(key), key)
+    # within RECHECK_FACTOR of the prediction: confirmed, nothing changes
+    assert not check_run(costing, "threads", 100, wall_s=0.6, predicted_s=0.5)
+    assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
+    # 10x slower than predicted (threads met the GIL after all): remembered for threads
+    assert check_run(costing, "threads", 100, wall_s=5.0, predicted_s=0.5)
+    assert MEMORY.recall(key).observed_for("threads") == pytest.approx(0.05)  # type: ignore
+    d = decide(
+        Question(
+            100,
+            per_item_s=0.01,
+            cost_source="remembered",
+            requested="threads",
+            holds_gil=False,
+            observed_s=0.05,
+        ),
+        ground(),
+    )
+    assert not d.use_parallel  # the next decision uses what the run measured
+
+
+def test_auto_gives_the_same_choice_for_the_same_question() -> None:
+    MEMORY.remember_fn(_double, Measurement(per_item_s=0.002, holds_gil=True))
+    config = ParallelConfig(enabled=True, strategy="auto", full_matrix=True)
+    with create_executor(config, resources=machine()) as ex:
+        choices = []
+        for _ in range(3):
+            ex.map(_double, range(60))
+            choices.append(ex.last_strategy)  # type: ignore[attr-defined]
+    assert len(set(choices)) == 1, choices
+
+
+def test_decide_use_parallel_without_a_function_says_it_assumed() -> None:
+    d = facade().decide_use_parallel(200, 30)
+    assert d.cost_source == "assumed" and d.per_item_s is not None
+
+
+def _where(_: int) -> tuple[int, str]:
+    return os.getpid(), threading.current_thread().name
+
+
+def _double(x: int) -> int:
+    return 2 * x
