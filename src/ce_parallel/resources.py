@@ -76,7 +76,8 @@ _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 #: the spawn-like executor ``ProcessExecutor`` uses; "threads" is a thread pool). Median of 7
 #: fresh interpreters on the 2-core reference machine (Python 3.11, Linux), measured with
 #: ``measure_pool_start``: threads 1.2 ms, fork 9.9 ms, forkserver 91 ms, spawn 92 ms,
-#: loky 194 ms (ANCHORS.md: fork 20 ms, loky 260 ms). Imports of the pool modules are excluded.
+#: loky 194 ms (evaluation/results/full.md: ce:processes:cold, create + tiny map + shutdown,
+#: 227 ms). Imports of the pool modules are excluded.
 POOL_START_SECONDS: dict[str, float] = {
     "threads": 0.001,
     "fork": 0.010,
