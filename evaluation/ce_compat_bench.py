@@ -1,12 +1,12 @@
 """calibrated-explanations ``explain_factual``: serial vs its own executor vs ce-parallel's adapter.
 
-The workload of ANCHORS.md: a random forest on scikit-learn's breast-cancer data, explain_factual
-on 200 rows. Every runner is an explainer built once; each keeps its pool across calls, so after
-one warm-up call the rounds measure warm calls. Runners are interleaved round by round so that a
-busy machine slows them alike; the table shows the median of the rounds and the first (cold)
-call.
+The workload: a random forest on scikit-learn's breast-cancer data, explain_factual on 200 rows
+(results in evaluation/results/ce_compat.md). Every runner is an explainer built once; each
+keeps its pool across calls, so after one warm-up call the rounds measure warm calls. Runners
+are interleaved round by round so that a busy machine slows them alike; the table shows the
+median of the rounds and the first (cold) call.
 
-    /work/venv/bin/python evaluation/ce_compat_bench.py --rounds 5
+    python evaluation/ce_compat_bench.py --rounds 7
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 Usage::
 
     python evaluation/parallel_ablation.py [--quick | --tiny] [--out results.json]
-        [--plot speedup.png] [--markdown summary.md] [--workloads a,b] [--runners x,y]
+        [--plot speedup.png | --no-plot] [--markdown summary.md] [--workloads a,b] [--runners x,y]
+
+With ``--out results.json`` the chart goes to ``results.png`` unless ``--plot`` or ``--no-plot``
+says otherwise; the folders of the output files are created before the run starts.
 
 The implementation lives in ``ce_parallel.bench.ablation`` so that ``ce-parallel bench`` runs the
 same thing from an installed wheel; ``--help`` lists every option.

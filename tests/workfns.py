@@ -51,6 +51,14 @@ def log_item(item: tuple[str, int, int]) -> int:
     return index
 
 
+def log_then_sleep(item: tuple[str, int, float]) -> int:
+    """Log that the item started, then sleep: a test counts started items instead of timing."""
+    path, index, seconds = item
+    _append(path, f"{index}\n")
+    time.sleep(seconds)
+    return index
+
+
 def rng_draw(x: int, rng: Any) -> float:
     return float(x + rng.random())
 

@@ -8,6 +8,9 @@ actually runs, and the decision is printed and written to ``CE_PARALLEL_TELEMETR
 
     python calibration_sweep.py --local            # a small sweep, here, in a few seconds
     sbatch sbatch_calibration_sweep.sh             # the full sweep on one SLURM node
+
+The CSV goes to ``--out``, else into ``--out-dir``: by default the current directory on the
+cluster and a new temporary directory with ``--local`` (a demo leaves nothing behind).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import csv
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -144,12 +148,36 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
         writer.writerows(rows)
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--out-dir``, shared by the sweep's scripts."""
+    parser.add_argument("--out", help="CSV of every setting (default: a name in --out-dir)")
+    parser.add_argument(
+        "--out-dir",
+        help="folder of the CSV (default: the current folder; a new temporary one with --local)",
+    )
+
+
+def output_path(args: argparse.Namespace, name: str) -> str:
+    """Where the CSV goes: ``--out`` as given, else ``name`` in ``--out-dir`` (created)."""
+    if args.out:
+        return str(args.out)
+    if args.out_dir:
+        folder = args.out_dir
+    elif args.local:
+        folder = tempfile.mkdtemp(prefix="ce-parallel-sweep-")
+    else:
+        folder = os.getcwd()
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--local", action="store_true", help="a small sweep that runs anywhere")
-    parser.add_argument("--out", default="calibration_sweep.csv", help="CSV of every setting")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     scale = LOCAL if args.local else FULL
+    out = output_path(args, "calibration_sweep.csv")
 
     budget = cpu_budget()
     print(f"CPU budget: {budget.count} (limited by {budget.limited_by})")
@@ -157,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     # from the job script are applied on top, so the operator has the last word. Each item is
     # a whole model fit, not one instance: the facade's "too few / too tiny" thresholds, made
     # for per-instance work, are lowered to 2 items; its pool-start rule still applies, fed
-    # with the measured cost of one item.
+    # with the measured cost of one item. This script is the application, not a library called
+    # by one, so it opts in to the process strategy (outside the conservative subset) itself.
     config = ParallelConfig(
         enabled=True,
         strategy="processes",
+        full_matrix=True,
         min_instances_for_parallel=MIN_ITEMS,
         tiny_workload_threshold=MIN_ITEMS,
     )
@@ -174,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         f"decision: {decision.decision} on {decision.strategy} x {decision.workers} "
         f"({decision.reason}: {decision.detail})"
     )
-    report(rows, args.out, f"{wall:.1f} s on {len({row['pid'] for row in rows})} process(es)")
+    report(rows, out, f"{wall:.1f} s on {len({row['pid'] for row in rows})} process(es)")
     return 0
 
 

@@ -58,7 +58,7 @@ def start_cluster(args: argparse.Namespace) -> tuple[Any, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--local", action="store_true", help="a LocalCluster, no SLURM")
-    parser.add_argument("--out", default="calibration_sweep_dask.csv", help="CSV of results")
+    sweep.add_output_arguments(parser)
     parser.add_argument("--jobs", type=int, default=2, help="SLURM jobs (nodes) to request")
     parser.add_argument("--cores", type=int, default=16, help="CPUs per SLURM job")
     parser.add_argument("--processes", type=int, default=0, help="workers per job (= cores)")
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     scale = sweep.LOCAL if args.local else sweep.FULL
+    out = sweep.output_path(args, "calibration_sweep_dask.csv")
 
     # Workers on other nodes may not see this directory: send the sweep's functions by value.
     import cloudpickle
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.close()
     processes = len({row["pid"] for row in rows})
     sweep.report(
-        rows, args.out, f"{wall:.1f} s on {workers} dask worker thread(s) ({processes} processes)"
+        rows, out, f"{wall:.1f} s on {workers} dask worker thread(s) ({processes} processes)"
     )
     return 0
 

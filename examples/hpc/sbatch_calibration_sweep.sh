@@ -21,7 +21,17 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -n "${SLURM_SUBMIT_DIR:-}" && ! -f "$HERE/calibration_sweep.py" ]]; then
     HERE="$SLURM_SUBMIT_DIR"
 fi
-OUT_DIR="${OUT_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}"
+# results and telemetry: the submit directory on the cluster; a new temporary folder with
+# --local, so that a demo run leaves nothing in the folder it was started from
+if [[ -z "${OUT_DIR:-}" ]]; then
+    if [[ -n "${SLURM_SUBMIT_DIR:-}" ]]; then
+        OUT_DIR="$SLURM_SUBMIT_DIR"
+    elif [[ "${1:-}" == "--local" ]]; then
+        OUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ce-parallel-sweep-XXXXXX")"
+    else
+        OUT_DIR="$PWD"
+    fi
+fi
 RUN_ID="${SLURM_JOB_ID:-local}"
 
 # The operator's controls: parallel on, the process strategy (outside the conservative subset,

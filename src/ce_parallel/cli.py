@@ -270,16 +270,35 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
-    """A plain-text table with aligned columns; the last column is never padded."""
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ", width: int = 100
+) -> str:
+    """A plain-text table with aligned columns, at most ``width`` columns wide.
+
+    The last column is never padded; a long entry wraps onto lines indented to the column, or,
+    where the other columns leave it under 40 columns, onto indented lines below its row.
+    """
+    import textwrap
+
     cells = [[str(h) for h in headers]] + [[_show(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers) - 1)]
+    lead = len(indent) + sum(w + 2 for w in widths)
+    below = width - lead < 40
+    room = width - len(indent) - 4 if below else width - lead
+    # the rule under the last header: as wide as the column, or the header alone when below
+    last = len(cells[0][-1]) if below else min(room, max(len(row[-1]) for row in cells))
     lines = []
     for n, row in enumerate(cells):
-        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
-        lines.append(indent + "  ".join(padded).rstrip())
+        head = indent + "".join(c.ljust(w) + "  " for c, w in zip(row[:-1], widths, strict=True))
+        parts = textwrap.wrap(row[-1], room, break_on_hyphens=False) or [""]
+        if below and n > 0:
+            lines.append(head.rstrip())
+            lines.extend(indent + "    " + part for part in parts)
+            continue
+        lines.append((head + parts[0]).rstrip())
+        lines.extend(" " * lead + part for part in parts[1:])
         if n == 0:
-            lines.append(indent + "  ".join("-" * w for w in widths))
+            lines.append(indent + "  ".join("-" * w for w in [*widths, last]))
     return "\n".join(lines)
 
 

@@ -110,8 +110,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "Below 8 instances two workers get at most 4 each, so a pool's dispatch and start-up "
         "costs are a large share of the run; also calibrated-explanations' default "
         "(min_instances_for_parallel=8), which callers migrating to the facade rely on.",
-        "ANCHORS.md, tiny workload (10,000 x x*x): every pool adds 0.7-31 us per item and "
-        "loses to serial; calibrated-explanations 1.0.2 ExplainConfig default",
+        "evaluation/results/full.md, tiny (10,000 x x*x, 0.83 ms serial): every pool loses to "
+        "serial (0.00-0.46x), adding 0.1-36 us per item (full.json medians); "
+        "calibrated-explanations 1.0.2 ExplainConfig default",
     ),
     Heuristic(
         "FACADE_TINY_WORK_ITEMS",
@@ -119,7 +120,7 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "Below 16 work items the estimated work (16 x FACADE_SECONDS_PER_WORK_ITEM = 8 ms) is "
         "within a few ms, where any pool loses; matches the cap of calibrated-explanations' "
         "tiny-workload guard (max(2 x min_batch_size, 16)).",
-        "ANCHORS.md lesson 'below a few ms of total work, any pool loses' (tiny workload row); "
+        "evaluation/results/full.md, tiny row (0.83 ms of work): every pool loses to serial; "
         "calibrated-explanations 1.0.2 ParallelExecutor._tiny_workload_threshold",
     ),
     Heuristic(
@@ -128,17 +129,17 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "The facade does not time the caller's function; it assumes the cost of one "
         "instance x feature unit of a calibration/explanation workload. Callers with other "
         "costs pass seconds_per_item.",
-        "ANCHORS.md: calibrated-explanations explain_factual, 200 rows, 1.12 s serial, i.e. "
-        "5.6 ms per instance; 0.5 ms per instance x feature assumes about 11 features per "
-        "instance (an assumption, not a measurement of the feature count)",
+        "evaluation/results/ce_compat.md (python evaluation/ce_compat_bench.py --rounds 7): "
+        "explain_factual on 200 rows of the 30-feature breast-cancer data, 2.09 s serial "
+        "median, i.e. 10 ms per instance or 0.35 ms per instance x feature",
     ),
     Heuristic(
         "PROCESS_MAX_TASK_BYTES",
         PROCESS_MAX_TASK_BYTES,
         "Pickling and copying arguments dominates process pools once tasks carry megabytes; "
         "the limit sits an order of magnitude below the payload measured to lose 20-50x.",
-        "ANCHORS.md, large payload (32 x 8 MB arrays): process pool 0.03-0.05x, joblib 0.02x "
-        "(0.36x reused), threads 1.2-1.5x",
+        "evaluation/results/full.md, payload (32 x 8 MB arrays): cf:processes, loky, "
+        "joblib.Parallel and ce:processes 0.01x, ce:joblib 0.21x, threads 1.15-1.20x",
     ),
     Heuristic(
         "FULL_MATRIX_SUBSTITUTE",
@@ -146,8 +147,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "A request for processes, dask or auto without the full matrix most likely means "
         "CPU-bound work; joblib is the subset member that runs it in processes and caps "
         "numeric-library threads in its workers.",
-        "ANCHORS.md: pure Python 200 x 5 ms joblib 1.87x vs process pool 1.8-2.0x; "
-        "RandomForest perturbation joblib 1.73x vs process pool 1.5-1.75x; threads 0.6-1.07x",
+        "evaluation/results/full.md: cpu_fine (200 x 5 ms pure Python) ce:joblib 2.19x vs "
+        "ce:processes 1.89x; perturbation (RandomForest) ce:joblib 1.64x vs ce:processes "
+        "1.83x; ce:threads 0.72-1.07x on both kinds",
     ),
     # automatic selection and resources
     Heuristic(
@@ -155,8 +157,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         MIN_PARALLEL_GAIN,
         "Estimates from a few pilot items are off by 10-20% on a noisy machine; demanding 1.2x "
         "keeps the facade and auto within 5% of serial when an estimate is that optimistic.",
-        "ANCHORS.md: differences under ~10% are ties; evaluation/parallel_ablation.py, auto "
-        "vs sequential on every workload",
+        "evaluation/results/README.md: differences under ~10% are ties on this machine; "
+        "evaluation/parallel_ablation.py, auto vs sequential on every workload; "
+        "evaluation/results/facade_grid.json, the facade on a cost x count grid",
     ),
     Heuristic(
         "FACADE_PILOT_MIN_ITEMS",
@@ -205,8 +208,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "Probe results are kept, so a longer probe costs almost nothing, while a probe of one "
         "few-ms item per thread misjudged GIL use a third of the time (one thread finishing "
         "early, cold first items); 20 ms per thread made it reliable.",
-        "tests/unit/test_selection.py GIL cases, 10 pilots each: pure Python 10/10 hold, zlib "
-        "0/10, sleep 0/10 (with 4 ms and one item per thread: zlib judged holding 2 of 3)",
+        "python evaluation/pilot_gil.py --probes 10 (then a timed unit test), on a quiet "
+        "machine: pure Python 10/10 hold, zlib 0/10, sleep 0/10 (with 4 ms and one item per "
+        "thread: zlib judged holding 2 of 3)",
     ),
     Heuristic(
         "PROBE_MIN_ITEMS_PER_THREAD",
@@ -234,16 +238,17 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "Two threads of GIL-bound Python keep ~1.0 CPU busy (and run ~1.0x faster than one), "
         "GIL-free NumPy, zlib or sleeps ~1.8-2.0; the midpoint (1.5 on two threads) separates "
         "them with margin.",
-        "ANCHORS.md: threads 0.75-1.07x on pure Python, 1.77-1.88x on NumPy with 1 BLAS thread; "
-        "RandomForest predict_proba (threads 0.6x) counts as GIL-bound",
+        "evaluation/results/full.md: ce:threads 1.04-1.07x on pure Python (cpu_fine, "
+        "cpu_coarse), 1.68x on NumPy with 1 BLAS thread; RandomForest perturbation (threads "
+        "0.72x) counts as GIL-bound",
     ),
     Heuristic(
         "AUTO_MIN_PARALLEL_WORK_S",
         AUTO_MIN_PARALLEL_WORK_S,
         "Starting probe threads and a pool costs ~0.2-1 ms on a busy machine; below 10 ms of "
         "work that is more than the 5% auto may lose to serial, and the gain is a few ms.",
-        "ANCHORS.md tiny (10,000 x x*x, 1.1 ms): every pool loses to serial; 'below a few ms "
-        "of total work, any pool loses'",
+        "evaluation/results/full.md, tiny (10,000 x x*x, 0.83 ms serial): every pool loses to "
+        "serial (0.00-0.46x)",
     ),
     Heuristic(
         "THREAD_CHUNK_OVERHEAD_S",
@@ -262,14 +267,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         PROCESS_BYTES_PER_S,
         "Arguments reach process workers by pickle through a pipe; the cost grows with bytes.",
         "measured: 16 x 8 MB arrays to 2 loky workers, 413 MB/s one way, 697 MB/s there and "
-        "back; ANCHORS.md large payload: process pool 0.03-0.05x",
+        "back; evaluation/results/full.md payload (32 x 8 MB): ce:processes 0.01x",
     ),
     Heuristic(
         "JOBLIB_CALL_OVERHEAD_S",
         JOBLIB_CALL_OVERHEAD_S,
         "joblib.Parallel pays ~10 ms per call even on warm workers, so the selector prefers "
         "the process executor when both are allowed.",
-        "ANCHORS.md cold start: joblib 270 ms, then ~10 ms per call even when warm",
+        "evaluation/results/full.json, sleep (64 x 10 ms): joblib.Parallel 339 ms on warm "
+        "workers vs 327-331 ms for ce:threads/processes/joblib and loky; full.md cold start: "
+        "ce:joblib 457 ms",
     ),
     Heuristic(
         "POOL_START_SECONDS",
@@ -277,7 +284,8 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "Cold start of a 2-worker pool plus a first tiny map, by start method; the snapshot's "
         "spawn_cost_s and process_start_s come from this table (resources.POOL_START_SECONDS).",
         "resources.measure_pool_start, median of 7 fresh interpreters: threads 1.2 ms, fork "
-        "9.9 ms, forkserver 91 ms, spawn 92 ms, loky 194 ms (ANCHORS.md: fork 20, loky 260)",
+        "9.9 ms, forkserver 91 ms, spawn 92 ms, loky 194 ms; evaluation/results/full.md cold "
+        "start (create + map + shutdown): ce:processes 227 ms",
     ),
     Heuristic(
         "PHYSICAL_CORES_FOR_PROCESSES",

@@ -207,7 +207,26 @@ def pilot(
         None if seeds is None else seeds[start : start + count],
         threads,
     )
-    scaling = count * result.per_item_seconds / wall if wall > 0 else float(threads)
+    holds, scaling = gil_verdict(result, count, wall, cpu, threads)
+    return PilotResult(
+        result.results + more,
+        result.per_item_seconds,
+        result.cpu_ratio,
+        holds_gil=holds,
+        thread_scaling=scaling,
+        spread=result.spread,
+    )
+
+
+def gil_verdict(
+    serial: PilotResult, count: int, wall: float, cpu: float, threads: int
+) -> tuple[bool, float]:
+    """Whether items hold the GIL, and their wall-clock speed-up on threads, from measurements.
+
+    ``serial`` is the pilot's serial run; ``count`` items then took ``wall`` seconds on
+    ``threads`` threads, which used ``cpu`` CPU seconds in all. Reads no clock.
+    """
+    scaling = count * serial.per_item_seconds / wall if wall > 0 else float(threads)
     # How much more CPU the threads kept busy than the serial pilot did. Items that hold the
     # GIL keep one CPU busy however many threads run them; items that release it keep one per
     # thread. Comparing CPU use rather than item throughput does not depend on how well the
@@ -216,18 +235,12 @@ def pilot(
     # Items that mostly wait (sleep, I/O) use too little CPU to tell: their wall-clock speed-up
     # on threads says it instead.
     wanted = 1 + GIL_RELEASE_MIN_SCALING * (min(threads, count) - 1)
-    if result.cpu_ratio < PILOT_MIN_CPU_RATIO:
+    if serial.cpu_ratio < PILOT_MIN_CPU_RATIO:
         parallelism = scaling
     else:
         busy = cpu / wall if wall > 0 else float(threads)
-        parallelism = busy / result.cpu_ratio
-    return PilotResult(
-        result.results + more,
-        result.per_item_seconds,
-        result.cpu_ratio,
-        holds_gil=parallelism < wanted,
-        thread_scaling=scaling,
-    )
+        parallelism = busy / serial.cpu_ratio
+    return parallelism < wanted, scaling
 
 
 def pickled_size(value: Any) -> int | None:
@@ -247,6 +260,7 @@ def pickled_size(value: Any) -> int | None:
 __all__ = [
     "PilotError",
     "PilotResult",
+    "gil_verdict",
     "pickled_size",
     "pilot",
     "probe_threads",

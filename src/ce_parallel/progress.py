@@ -1,37 +1,51 @@
-"""Progress of a long map: a tqdm bar when tqdm is installed, else a periodic log line."""
+"""Progress of a long map: a tqdm bar on a terminal, else a plain line on stderr now and then."""
 
 from __future__ import annotations
 
-import logging
+import sys
 import time
-
-logger = logging.getLogger("ce_parallel.progress")
+from typing import TextIO
 
 
 class Progress:
-    """Counts completed items; a tqdm bar when tqdm is installed, else a periodic log line."""
+    """Counts completed items and shows them.
 
-    LOG_EVERY_S = 5.0
+    A tqdm bar where tqdm draws one (a terminal, a notebook). Where it would draw nothing (tqdm
+    is missing, or stderr is a log file or a pipe), a plain ``label: done/total items`` line on
+    ``stream`` (default ``sys.stderr``) at most every ``PLAIN_EVERY_S`` and once at the end.
+    """
 
-    def __init__(self, total: int, label: str) -> None:
+    #: Seconds between two plain lines: a log gets a line every few seconds, not one per chunk.
+    PLAIN_EVERY_S = 5.0
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None) -> None:
         self.total, self.done, self.label = total, 0, label
+        self._stream = stream if stream is not None else sys.stderr
         self._last = time.monotonic()
+        self._bar = None
+        self._owns_monitor = False
+        #: Whether progress is shown as plain lines rather than a bar.
+        self.plain = True
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            self._bar = None
-        else:
-            had_monitor = getattr(tqdm, "monitor", None) is not None
-            self._bar = tqdm(total=total, desc=label, leave=False)
-            self._owns_monitor = not had_monitor
+            return
+        had_monitor = getattr(tqdm, "monitor", None) is not None
+        # disable=None: tqdm turns itself off where stderr is no terminal (then we print lines)
+        self._bar = tqdm(total=total, desc=label, leave=False, file=self._stream, disable=None)
+        self._owns_monitor = not had_monitor
+        self.plain = bool(getattr(self._bar, "disable", False))
 
     def update(self, count: int) -> None:
         self.done += count
         if self._bar is not None:
             self._bar.update(count)
-        elif time.monotonic() - self._last >= self.LOG_EVERY_S or self.done == self.total:
-            self._last = time.monotonic()
-            logger.info("%s: %d/%d items", self.label, self.done, self.total)
+        if not self.plain:
+            return
+        now = time.monotonic()
+        if now - self._last >= self.PLAIN_EVERY_S or self.done >= self.total:
+            self._last = now
+            print(f"{self.label}: {self.done}/{self.total} items", file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._bar is None:

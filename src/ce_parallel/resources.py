@@ -7,6 +7,7 @@ every source that can limit it, and says which source won and what every source 
 source (key in sources)   where it comes from
 ========================  ==========================================================
 ``max_workers``           the config's worker cap (``CE_PARALLEL workers=N``)
+``LOKY_MAX_CPU_COUNT``    loky's own cap, which joblib and scikit-learn users set
 ``SLURM_CPUS_PER_TASK``   SLURM, else ``SLURM_CPUS_ON_NODE``, else the first node's
                           count in ``SLURM_JOB_CPUS_PER_NODE`` (``24(x2),4`` -> 24)
 ``NCPUS``                 PBS Pro, else ``PBS_NUM_PPN`` (Torque)
@@ -22,41 +23,35 @@ source (key in sources)   where it comes from
 A value in ``sources`` is an ``int`` when the source limits the count, ``None`` when it was read
 and sets no limit (a cgroup with ``max``), or a string starting with ``"ignored: "`` when it was
 present but malformed; malformed input never raises. On a tie the most specific source is named:
-``max_workers`` > scheduler > cgroup > affinity > machine.
+``max_workers`` > ``LOKY_MAX_CPU_COUNT`` > scheduler > cgroup > affinity > machine.
 
-This module imports nothing else from ce-parallel and is the only one that calls
+The sources are read by ``ce_parallel.cpu_sources``; this module combines them. Apart from that
+module it imports nothing else from ce-parallel, and it is the only one that calls
 ``os.cpu_count()``. psutil, loky and multiprocessing are imported inside the functions that need
 them so that importing ce-parallel stays light.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Prefix of every ``sources`` value that records a malformed, ignored input.
-IGNORED = "ignored: "
-
-#: Tie-break rank of each kind of source: the most specific source (lowest rank) is named.
-_RANK_MAX_WORKERS, _RANK_SCHEDULER, _RANK_CGROUP, _RANK_AFFINITY, _RANK_MACHINE = range(5)
-
-#: Scheduler families, each an ordered chain of variables: the first usable one counts.
-#: ``SLURM_JOB_CPUS_PER_NODE`` is a per-node list such as ``24(x2),4``; its first field is used.
-SCHEDULER_VARIABLES: tuple[tuple[str, ...], ...] = (
-    ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE", "SLURM_JOB_CPUS_PER_NODE"),
-    ("NCPUS", "PBS_NUM_PPN"),
-    ("LSB_DJOB_NUMPROC",),
-    ("NSLOTS",),
+from .cpu_sources import (
+    IGNORED,
+    RANK_AFFINITY,
+    RANK_MACHINE,
+    RANK_MAX_WORKERS,
+    SCHEDULER_VARIABLES,
+    Reading,
+    read_affinity,
+    read_cgroup,
+    read_loky_limit,
+    read_scheduler,
 )
-_PER_NODE_LIST_VARIABLES = frozenset({"SLURM_JOB_CPUS_PER_NODE"})
-
-#: Directory names under which cgroup v1 mounts the ``cpu`` controller, in the order tried.
-_CGROUP_V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct", "cpuacct,cpu")
 
 #: CI providers by the variable each one sets; the first match names the provider. ``CI`` alone
 #: (set by most providers and by hand) gives the provider ``"generic"``.
@@ -81,7 +76,8 @@ _FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 #: the spawn-like executor ``ProcessExecutor`` uses; "threads" is a thread pool). Median of 7
 #: fresh interpreters on the 2-core reference machine (Python 3.11, Linux), measured with
 #: ``measure_pool_start``: threads 1.2 ms, fork 9.9 ms, forkserver 91 ms, spawn 92 ms,
-#: loky 194 ms (ANCHORS.md: fork 20 ms, loky 260 ms). Imports of the pool modules are excluded.
+#: loky 194 ms (evaluation/results/full.md: ce:processes:cold, create + tiny map + shutdown,
+#: 227 ms). Imports of the pool modules are excluded.
 POOL_START_SECONDS: dict[str, float] = {
     "threads": 0.001,
     "fork": 0.010,
@@ -113,184 +109,6 @@ class CpuBudget:
         return f"{self.count} CPU(s), limited by {self.limited_by} ({origin})"
 
 
-class _Reading:
-    """Collects what each source said while the budget is computed."""
-
-    def __init__(self) -> None:
-        self.sources: dict[str, Any] = {}
-        self.details: dict[str, str] = {}
-        self.candidates: list[tuple[int, int, str]] = []  # (count, rank, key)
-
-    def limit(self, key: str, count: int, rank: int, detail: str) -> None:
-        self.sources[key] = count
-        self.details[key] = detail
-        self.candidates.append((count, rank, key))
-
-    def unlimited(self, key: str, detail: str) -> None:
-        self.sources[key] = None
-        self.details[key] = detail
-
-    def ignore(self, key: str, why: str) -> None:
-        self.sources[key] = IGNORED + why
-
-
-def _positive_int(raw: str) -> int | None:
-    text = raw.strip()
-    if not text.isdigit():
-        return None
-    value = int(text)
-    return value if value >= 1 else None
-
-
-def _read_text(path: str) -> str | None:
-    """The file's text, or None when it does not exist or cannot be read."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def _read_scheduler(env: Mapping[str, str], reading: _Reading) -> None:
-    for chain in SCHEDULER_VARIABLES:
-        for name in chain:
-            raw = env.get(name)
-            if raw is None:
-                continue
-            text = raw.split(",")[0].split("(")[0] if name in _PER_NODE_LIST_VARIABLES else raw
-            count = _positive_int(text)
-            if count is None:
-                reading.ignore(name, f"{name}={raw!r} is not a positive whole number")
-                continue
-            reading.limit(name, count, _RANK_SCHEDULER, f"{name}={raw!r}")
-            break  # the first usable variable of a family counts; later ones are fallbacks
-
-
-def _own_cgroup_paths(sysfs_root: str) -> tuple[str | None, str | None, str | None]:
-    """(v2 path, v1 cpu path, problem) of this process, from ``proc/self/cgroup``."""
-    text = _read_text(os.path.join(sysfs_root, "proc", "self", "cgroup"))
-    if text is None:
-        return None, None, None
-    v2_path = v1_path = None
-    for line in text.splitlines():
-        parts = line.strip().split(":", 2)
-        if len(parts) != 3:
-            if line.strip():
-                return (
-                    None,
-                    None,
-                    f"proc/self/cgroup line {line.strip()!r} is not id:controllers:path",
-                )
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2_path = path
-        elif "cpu" in controllers.split(","):
-            v1_path = path
-    return v2_path, v1_path, None
-
-
-def _ancestors(root: str, path: str) -> list[str]:
-    """``root/path`` and every parent directory up to ``root``, deepest first."""
-    parts = [p for p in path.split("/") if p and p != ".."]
-    return [os.path.join(root, *parts[:depth]) for depth in range(len(parts), -1, -1)]
-
-
-def _quota_cpus(quota_us: float, period_us: float) -> int:
-    # A quota is a fraction of CPU time; a fraction of a CPU still needs one whole CPU to run on.
-    return max(1, math.ceil(quota_us / period_us))
-
-
-def _cgroup_v2_limit(directory: str) -> tuple[int | None, str, str | None]:
-    """(cpus or None for no limit, what was read, problem) of one ``cpu.max`` file."""
-    path = os.path.join(directory, "cpu.max")
-    raw = _read_text(path)
-    if raw is None:
-        return None, "", None
-    fields = raw.split()
-    shown = f"{path} = {raw.strip()!r}"
-    if fields[:1] == ["max"] and len(fields) <= 2:
-        return None, shown, None
-    if len(fields) != 2 or not all(f.isdigit() for f in fields) or int(fields[1]) == 0:
-        return None, shown, f"{path} holds {raw.strip()!r}, expected 'max PERIOD' or 'QUOTA PERIOD'"
-    return _quota_cpus(int(fields[0]), int(fields[1])), shown, None
-
-
-def _cgroup_v1_limit(directory: str) -> tuple[int | None, str, str | None]:
-    """(cpus or None for no limit, what was read, problem) of a v1 quota/period pair."""
-    quota_path = os.path.join(directory, "cpu.cfs_quota_us")
-    period_path = os.path.join(directory, "cpu.cfs_period_us")
-    quota_raw, period_raw = _read_text(quota_path), _read_text(period_path)
-    if quota_raw is None:
-        return None, "", None
-    quota_text, period_text = quota_raw.strip(), (period_raw or "").strip()
-    shown = f"{quota_path} = {quota_text!r}, cpu.cfs_period_us = {period_text!r}"
-    if quota_text == "-1":
-        return None, shown, None
-    period = _positive_int(period_text)
-    if not quota_text.isdigit() or int(quota_text) == 0 or period is None:
-        return (
-            None,
-            shown,
-            (
-                f"{quota_path} = {quota_text!r} with period {period_text!r}; "
-                "expected -1 or a positive quota and a positive period"
-            ),
-        )
-    return _quota_cpus(int(quota_text), period), shown, None
-
-
-def _read_cgroup(sysfs_root: str, reading: _Reading) -> None:
-    v2_path, v1_path, problem = _own_cgroup_paths(sysfs_root)
-    if problem is not None:
-        reading.ignore("cgroup", problem)
-        return
-    cgroup_root = os.path.join(sysfs_root, "sys", "fs", "cgroup")
-    levels: list[tuple[Callable[[str], tuple[int | None, str, str | None]], str]] = []
-    # Without /proc/self/cgroup (not Linux, or hidden) only the mount roots are read.
-    if v2_path is not None or v1_path is None:
-        levels += [(_cgroup_v2_limit, d) for d in _ancestors(cgroup_root, v2_path or "/")]
-    if v1_path is not None or v2_path is None:
-        for mount in _CGROUP_V1_CPU_MOUNTS:
-            mount_root = os.path.join(cgroup_root, mount)
-            if os.path.isdir(mount_root):
-                levels += [(_cgroup_v1_limit, d) for d in _ancestors(mount_root, v1_path or "/")]
-                break
-    # A quota on any ancestor caps every cgroup below it, so the effective limit is the
-    # smallest over the whole path. Inside a container the own path may not exist under the
-    # mount (the container's cgroup is the mount root); missing levels are skipped.
-    best: tuple[int, str] | None = None
-    seen: list[str] = []
-    problems: list[str] = []
-    for read, directory in levels:
-        cpus, shown, bad = read(directory)
-        if bad is not None:
-            problems.append(bad)
-        elif shown:
-            seen.append(shown)
-            if cpus is not None and (best is None or cpus < best[0]):
-                best = (cpus, shown)
-    if best is not None:
-        reading.limit("cgroup", best[0], _RANK_CGROUP, best[1] + " (quota rounded up)")
-    elif seen:
-        reading.unlimited("cgroup", "; ".join(seen))
-    if problems:
-        key = "cgroup" if best is None and not seen else "cgroup (ignored)"
-        reading.ignore(key, "; ".join(problems))
-
-
-def _affinity_count() -> tuple[int | None, str]:
-    if hasattr(os, "process_cpu_count"):  # Python 3.13+: affinity and -X cpu_count
-        count = os.process_cpu_count()
-        return count, "os.process_cpu_count()"
-    if hasattr(os, "sched_getaffinity"):
-        try:
-            return len(os.sched_getaffinity(0)), "os.sched_getaffinity(0)"
-        except OSError:
-            return None, ""
-    return None, ""
-
-
 def cpu_budget(
     environ: Mapping[str, str] | None = None,
     sysfs_root: str = "/",
@@ -312,12 +130,12 @@ def cpu_budget(
     ):
         raise ValueError(f"max_workers={max_workers!r} is not accepted; expected an integer >= 1")
     env = os.environ if environ is None else environ
-    reading = _Reading()
+    reading = Reading()
 
     machine = machine_count if machine_count is not None else os.cpu_count()
     origin = "given by the caller" if machine_count is not None else "os.cpu_count()"
     if machine is not None and machine >= 1:
-        reading.limit("machine", machine, _RANK_MACHINE, origin)
+        reading.limit("machine", machine, RANK_MACHINE, origin)
     else:
         reading.ignore("machine", "os.cpu_count() did not report a count")
 
@@ -325,17 +143,18 @@ def cpu_budget(
     if affinity_count is not None:
         affinity, origin = affinity_count, "given by the caller"
     else:
-        affinity, origin = _affinity_count()
+        affinity, origin = read_affinity()
     if affinity is not None and affinity >= 1:
-        reading.limit("affinity", affinity, _RANK_AFFINITY, origin)
+        reading.limit("affinity", affinity, RANK_AFFINITY, origin)
 
-    _read_cgroup(sysfs_root, reading)
-    _read_scheduler(env, reading)
+    read_cgroup(sysfs_root, reading)
+    read_scheduler(env, reading)
+    read_loky_limit(env, reading)
     if max_workers is not None:
-        reading.limit("max_workers", max_workers, _RANK_MAX_WORKERS, "the config's worker cap")
+        reading.limit("max_workers", max_workers, RANK_MAX_WORKERS, "the config's worker cap")
 
     if not reading.candidates:
-        reading.limit("fallback", 1, _RANK_MACHINE + 1, "no source reported a CPU count")
+        reading.limit("fallback", 1, RANK_MACHINE + 1, "no source reported a CPU count")
     count, _, limited_by = min(reading.candidates)
     return CpuBudget(count, limited_by, reading.sources, reading.details)
 
@@ -475,3 +294,20 @@ def threads_per_worker(budget_count: int, workers: int) -> int:
 def numeric_thread_env(threads: int) -> dict[str, str]:
     """The environment that caps numeric libraries at ``threads`` threads (at least 1)."""
     return {name: str(max(1, threads)) for name in NUMERIC_THREAD_VARIABLES}
+
+
+__all__ = [
+    "IGNORED",
+    "NUMERIC_THREAD_VARIABLES",
+    "POOL_START_SECONDS",
+    "SCHEDULER_VARIABLES",
+    "CpuBudget",
+    "Resources",
+    "cpu_budget",
+    "default_start_method",
+    "detect_ci",
+    "detect_resources",
+    "measure_pool_start",
+    "numeric_thread_env",
+    "threads_per_worker",
+]

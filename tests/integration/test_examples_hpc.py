@@ -1,10 +1,14 @@
-"""The HPC examples run in their --local mode and leave results and telemetry behind."""
+"""The HPC examples run in their --local mode and leave results and telemetry where asked.
+
+Every run has a temporary working directory, so nothing lands in the source tree.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +46,7 @@ def test_sbatch_calibration_sweep_runs_locally_on_processes(tmp_path: Path) -> N
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     rows = _rows(tmp_path / "calibration-sweep-local.csv")
@@ -73,11 +78,42 @@ def test_operator_off_switch_wins_over_the_job_script(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert len(_rows(tmp_path / "sweep.csv")) == LOCAL_SETTINGS
     (decision,) = [r for r in _records(tmp_path / "t.jsonl") if r["event"] == "decision"]
     assert (decision["decision"], decision["reason"]) == ("serial", "operator_off")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 10)
+def test_local_sweep_as_the_readme_runs_it_warns_nothing_and_writes_outside_cwd(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("sklearn")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = _environ(tmp_path)
+    del env["OUT_DIR"]
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "calibration_sweep.py"), "--local"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr
+    # the script asks for processes itself: it opts in to the full matrix, so no warning
+    assert "Warning" not in done.stderr, done.stderr
+    match = re.search(r"results in (\S+)$", done.stdout, re.MULTILINE)
+    assert match, done.stdout
+    out = Path(match.group(1))
+    assert out.parent.parent == tmp_path / "tmp"  # a new temporary folder
+    assert len(_rows(out)) == LOCAL_SETTINGS
+    assert list(cwd.iterdir()) == []
 
 
 @pytest.mark.dask

@@ -23,7 +23,8 @@ RATIO_KEYS = {"speedup_vs_serial", "ratio_vs_best_baseline"}
 
 @pytest.fixture(scope="module")
 def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("bench") / "results.json"
+    # a folder that does not exist yet: the harness creates it before the run
+    out = tmp_path_factory.mktemp("bench") / "new" / "results.json"
     markdown = out.with_suffix(".md")
     completed = subprocess.run(
         [
@@ -49,6 +50,13 @@ def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert "| workload |" in completed.stdout
     assert markdown.read_text(encoding="utf-8") in completed.stdout
     assert "[1/3] tiny" in completed.stderr  # progress goes to stderr
+    assert "Traceback" not in completed.stderr
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:  # the chart is written next to the JSON by default
+        assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -115,11 +123,11 @@ def _wrong(state: Any, fn: Any, items: list[Any]) -> list[Any]:
 
 
 def _broken(state: Any, fn: Any, items: list[Any]) -> list[Any]:
-    raise ImportError("No module named 'ce_parallel.strategies.missing'")
+    raise OSError("pipe closed")
 
 
 def _unstartable() -> Any:
-    raise ModuleNotFoundError("no facade yet")
+    raise RuntimeError("pool refused to start")
 
 
 def test_wrong_answers_and_errors_are_recorded_not_raised() -> None:
@@ -132,12 +140,15 @@ def test_wrong_answers_and_errors_are_recorded_not_raised() -> None:
     tiny = Workload(
         "t", "three squares", lambda: Case(lambda x: x * x, [1, 2, 3], "3"), {"tiny": {}}
     )
-    cells, facts = measure.measure([tiny], lineup, mode="tiny", repeats=2, cold_workloads=None)
+    cells, facts, unavailable = measure.measure(
+        [tiny], lineup, mode="tiny", repeats=2, cold_workloads=None
+    )
+    assert unavailable == {}
     row = cells["t"]
     assert row["serial"].correct and len(row["serial"].times) == 2
     assert row["wrong"].correct is False and len(row["wrong"].times) == 2
-    assert row["broken"].error.startswith("ImportError") and row["broken"].times == []
-    assert row["unstartable"].error == "ModuleNotFoundError: no facade yet"
+    assert row["broken"].error.startswith("OSError") and row["broken"].times == []
+    assert row["unstartable"].error == "RuntimeError: pool refused to start"
     assert facts["t"]["items"] == 3
 
 
@@ -149,7 +160,7 @@ def test_a_workload_with_missing_packages_is_skipped_with_a_reason() -> None:
         {"tiny": {}},
         ("ce_parallel_no_such_package",),
     )
-    cells, facts = measure.measure(
+    cells, facts, _ = measure.measure(
         [absent],
         [runners.Runner("serial", "serial", runners.serial_run)],
         mode="tiny",
@@ -200,3 +211,88 @@ def test_unknown_names_are_refused_with_the_accepted_list() -> None:
         get_workload("nope")
     with pytest.raises(SystemExit, match="--runners bogus is not accepted"):
         ablation.main(["--tiny", "--runners", "bogus"])
+
+
+class _MissingExtra(RuntimeError):
+    pass
+
+
+def _needs_missing_backend() -> Any:
+    try:
+        import ce_parallel_no_such_backend  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError as exc:
+        raise _MissingExtra("strategy 'x' needs the x extra: pip install 'ce-parallel[x]'") from exc
+
+
+def _run_needs_missing_backend(state: Any, fn: Any, items: list[Any]) -> list[Any]:
+    _needs_missing_backend()
+    return []
+
+
+def test_a_runner_whose_package_is_missing_is_left_out_with_the_reason() -> None:
+    lineup = [
+        runners.Runner("serial", "serial", runners.serial_run),
+        runners.Runner("ce:x", "ce", runners.serial_run, _needs_missing_backend),
+        # cold: its warm sibling is missing, so it is left out without being timed
+        runners.Runner("ce:x:cold", "ce-cold", runners.serial_run, cold=True),
+        # cold alone: left out when its first run finds the package missing
+        runners.Runner("ce:y:cold", "ce-cold", _run_needs_missing_backend, cold=True),
+    ]
+    tiny = Workload("t", "squares", lambda: Case(lambda x: x * x, [1, 2], "2"), {"tiny": {}})
+    cells, _, unavailable = measure.measure(
+        [tiny], lineup, mode="tiny", repeats=2, cold_workloads=None
+    )
+    why = "strategy 'x' needs the x extra: pip install 'ce-parallel[x]'"
+    assert unavailable == {"ce:x": why, "ce:x:cold": why, "ce:y:cold": why}
+    assert set(cells["t"]) == {"serial"}  # no ERR cell, no cold figure
+
+
+def test_the_summary_names_left_out_runners_in_one_line() -> None:
+    document = {
+        "mode": "tiny",
+        "repeats": 1,
+        "machine": {
+            "cpu_budget": 2,
+            "cpu_budget_source": "affinity",
+            "python": "3.11.0",
+            "platform": "test",
+            "blas": {"requested_threads": 1},
+        },
+        "runners": ["serial", "ce:threads"],
+        "unavailable": {"ce:dask": "needs dask", "ce:dask:cold": "needs dask"},
+        "workloads": {"t": {"size": "2"}},
+        "results": {
+            "t": {
+                "serial_median_s": 0.1,
+                "auto": {"chose": None, "regret": None},
+                "runners": {"ce:threads": {"speedup_vs_serial": 1.5, "correct": True}},
+            }
+        },
+        "targets": {},
+    }
+    summary = ablation.markdown_summary(document)
+    assert "ce:dask" not in summary.split("Left out")[0]  # no column for it
+    assert "Left out: ce:dask, ce:dask:cold (needs dask)." in summary
+    assert "ERR" not in summary.replace("ERR = raised", "")
+
+
+def test_an_output_folder_that_cannot_be_made_fails_before_the_run(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    def run_must_not_start(args: Any) -> Any:
+        raise AssertionError("the benchmark ran before its output folder was checked")
+
+    monkeypatch.setattr(ablation, "run", run_must_not_start)
+    with pytest.raises(SystemExit, match="cannot be created"):
+        ablation.main(["--tiny", "--out", str(blocker / "sub" / "results.json")])
+
+
+def test_the_chart_goes_next_to_the_json_unless_told_otherwise() -> None:
+    parse = ablation.build_parser().parse_args
+    assert ablation.chart_path(parse(["--out", "r/results.json"])) == "r/results.png"
+    assert ablation.chart_path(parse(["--out", "r.json", "--plot", "c.png"])) == "c.png"
+    assert ablation.chart_path(parse(["--out", "r.json", "--no-plot"])) is None
+    assert ablation.chart_path(parse([])) is None

@@ -135,6 +135,33 @@ def test_render_table_aligns_columns() -> None:
     assert lines == ["a    bb", "---  --", "xxx  1", "y    -"]
 
 
+def test_render_table_wraps_a_long_last_column_under_itself() -> None:
+    text = cli.render_table(["k", "why"], [("a", "word " * 30)], indent="", width=60)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 60
+    assert lines[2].startswith("a  word") and all(line.startswith("   w") for line in lines[3:])
+
+
+def test_render_table_moves_a_squeezed_last_column_below_its_row() -> None:
+    text = cli.render_table(["k", "why"], [("x" * 30, "word " * 10)], indent="", width=40)
+    lines = text.splitlines()
+    assert lines[2] == "x" * 30
+    assert lines[3].startswith("    word") and max(len(line) for line in lines) <= 40
+
+
+def test_doctor_lines_fit_in_100_columns() -> None:
+    proc = _doctor(CE_PARALLEL="joblib")
+    assert proc.returncode == 0, proc.stderr
+    widest = max(proc.stdout.splitlines(), key=len)
+    assert len(widest) <= 100, widest
+
+
+def test_doctor_names_loky_max_cpu_count_as_the_limit() -> None:
+    proc = _doctor(LOKY_MAX_CPU_COUNT="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU budget: 1 CPU(s), limited by LOKY_MAX_CPU_COUNT" in proc.stdout
+
+
 def test_main_without_a_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 0
     assert "doctor" in capsys.readouterr().out

@@ -279,3 +279,55 @@ def test_resources_module_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# --- LOKY_MAX_CPU_COUNT: the cap joblib and scikit-learn users already set ---------------
+
+
+def test_loky_max_cpu_count_limits_the_budget_and_is_named() -> None:
+    result = budget(env={"LOKY_MAX_CPU_COUNT": "1"})
+    assert (result.count, result.limited_by) == (1, "LOKY_MAX_CPU_COUNT")
+    assert result.sources["LOKY_MAX_CPU_COUNT"] == 1
+    assert "LOKY_MAX_CPU_COUNT='1'" in result.describe()
+
+
+def test_loky_max_cpu_count_above_the_other_sources_does_not_raise_the_budget() -> None:
+    result = budget(env={"LOKY_MAX_CPU_COUNT": "32"}, affinity=4)
+    assert (result.count, result.limited_by) == (4, "affinity")
+    assert result.sources["LOKY_MAX_CPU_COUNT"] == 32
+
+
+def test_loky_max_cpu_count_beats_the_scheduler_when_smaller() -> None:
+    result = budget(env={"LOKY_MAX_CPU_COUNT": "2", "SLURM_CPUS_PER_TASK": "8"})
+    assert (result.count, result.limited_by) == (2, "LOKY_MAX_CPU_COUNT")
+
+
+def test_loky_max_cpu_count_is_named_over_the_scheduler_on_a_tie() -> None:
+    result = budget(env={"LOKY_MAX_CPU_COUNT": "4", "NSLOTS": "4"})
+    assert result.limited_by == "LOKY_MAX_CPU_COUNT"
+    assert budget(env={"LOKY_MAX_CPU_COUNT": "4"}, max_workers=4).limited_by == "max_workers"
+
+
+@pytest.mark.parametrize("junk", ["", "0", "-2", "1.5", "two"])
+def test_junk_loky_max_cpu_count_is_reported_and_ignored(junk: str) -> None:
+    result = budget(env={"LOKY_MAX_CPU_COUNT": junk}, affinity=4)
+    assert (result.count, result.limited_by) == (4, "affinity")
+    assert result.sources["LOKY_MAX_CPU_COUNT"].startswith(IGNORED)
+
+
+def test_loky_max_cpu_count_is_read_from_the_given_environment_only() -> None:
+    # the injected environment is the whole environment: the process's own is not consulted
+    assert "LOKY_MAX_CPU_COUNT" not in budget(env={}).sources
+
+
+def test_detect_resources_carries_the_loky_limit() -> None:
+    resources = detect_resources({"LOKY_MAX_CPU_COUNT": "1"}, str(SYSFS / "absent"))
+    assert (resources.budget.count, resources.budget.limited_by) == (1, "LOKY_MAX_CPU_COUNT")
+
+
+def test_every_public_name_is_still_importable_from_resources() -> None:
+    import ce_parallel.resources as resources
+
+    for name in resources.__all__:
+        assert hasattr(resources, name), name
+    assert resources.SCHEDULER_VARIABLES[0][0] == "SLURM_CPUS_PER_TASK"

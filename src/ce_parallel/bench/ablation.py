@@ -5,8 +5,9 @@ Warm runners start their pool before timing (and run one untimed warm-up map) an
 after the whole run; cold runners time creation + first map + shutdown. Every timed result is
 compared with the serial loop's, so a fast wrong answer is reported as ``correct: false``.
 
-A runner that cannot be built (a strategy not available in this install, a missing backend)
-or that raises is recorded with its error and the run continues.
+A runner that needs a package this install lacks (the dask strategy without dask) is left
+out, with the reason in ``unavailable``; one that fails otherwise is recorded with its error.
+Either way the run continues.
 
 Entry points: ``main(argv)`` (``ce-parallel bench``, ``python evaluation/parallel_ablation.py``).
 """
@@ -20,12 +21,8 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from .workloads import WORKLOAD_NAMES, WORKLOADS
-
-if TYPE_CHECKING:
-    pass
+from pathlib import Path
+from typing import Any
 
 from .measure import blas_cap, measure, progress
 from .report import (
@@ -37,6 +34,7 @@ from .report import (
     plot_speedups,
 )
 from .runners import BASELINE_CHUNKS_PER_WORKER, BASELINES, RUNNER_NAMES, build_runners
+from .workloads import WORKLOAD_NAMES, WORKLOADS
 
 #: Repeats per runner x workload in each mode.
 REPEATS: dict[str, int] = {"tiny": 2, "quick": 3, "full": 5}
@@ -76,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument(
         "--tiny", action="store_true", help="seconds-long smoke run; timings mean nothing"
     )
-    parser.add_argument("--out", help="write the JSON results here")
-    parser.add_argument("--plot", help="write a PNG bar chart of speed-ups here")
+    parser.add_argument("--out", help="write the JSON results here (its folder is created)")
+    chart = parser.add_mutually_exclusive_group()
+    chart.add_argument(
+        "--plot", help="write the PNG bar chart here (default: next to --out, as .png)"
+    )
+    chart.add_argument("--no-plot", action="store_true", help="write no chart")
     parser.add_argument("--markdown", help="also write the Markdown summary here")
     parser.add_argument("--repeats", type=int, help="repeats per runner x workload")
     parser.add_argument("--workloads", help="comma list: " + ",".join(WORKLOAD_NAMES))
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{len(runners)} runners, {workers} workers"
     )
     with blas_cap(args.blas_threads) as blas:
-        cells, workload_facts = measure(
+        cells, workload_facts, unavailable = measure(
             workloads, runners, mode=mode, repeats=repeats, cold_workloads=COLD_WORKLOADS[mode]
         )
         machine = machine_facts(blas)
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workers": workers,
         "baseline_chunks_per_worker": BASELINE_CHUNKS_PER_WORKER,
         "machine": machine,
-        "runners": [r.name for r in runners],
+        "runners": [r.name for r in runners if r.name not in unavailable],
+        "unavailable": unavailable,
         "baselines": [b for b in BASELINES if any(r.name == b for r in runners)],
         "workloads": workload_facts,
         "results": results,
@@ -142,11 +145,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return document
 
 
+def chart_path(args: argparse.Namespace) -> str | None:
+    """Where the chart goes: ``--plot``, else next to ``--out`` as ``.png``; None for no chart."""
+    if args.no_plot:
+        return None
+    if args.plot:
+        return str(args.plot)
+    return str(Path(args.out).with_suffix(".png")) if args.out else None
+
+
+def prepare_outputs(paths: Sequence[str | None]) -> None:
+    """Create the folders of the output files, so a bad path fails before the run, not after.
+
+    Raises ``SystemExit`` naming the path when its folder cannot be created or written.
+    """
+    for path in paths:
+        if not path:
+            continue
+        folder = Path(path).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(
+                f"cannot write {path}: its folder {folder} cannot be created ({exc})"
+            ) from exc
+        if not os.access(folder, os.W_OK):
+            raise SystemExit(f"cannot write {path}: its folder {folder} is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ablation; write JSON/PNG/Markdown as asked; print the summary. Returns 0."""
     from ce_parallel.telemetry import json_safe
 
     args = build_parser().parse_args(argv)
+    plot = chart_path(args)
+    prepare_outputs([args.out, args.markdown, plot])
     document = run(args)
     summary = markdown_summary(document)
     if args.out:
@@ -158,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.markdown, "w", encoding="utf-8") as handle:
             handle.write(summary)
         progress(f"wrote {args.markdown}")
-    if args.plot:
+    if plot:
         try:
-            plot_speedups(document, args.plot)
-            progress(f"wrote {args.plot}")
+            plot_speedups(document, plot)
+            progress(f"wrote {plot}")
         except ImportError:
             progress("matplotlib is not installed: no chart (pip install ce-parallel[bench])")
     progress(f"done in {document['elapsed_s']:.1f} s")

@@ -61,6 +61,8 @@ class Cell:
     error: str | None = None
     choices: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    #: Why the runner cannot run in this install (a missing package), when that is what failed.
+    unavailable: str | None = None
 
     def as_dict(self, serial_median: float | None) -> dict[str, Any]:
         """Statistics for the JSON document (``None`` where nothing was measured)."""
@@ -84,6 +86,25 @@ class Cell:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def missing_backend(exc: BaseException) -> str | None:
+    """Why ``exc`` says a package is missing (its own message), or None for any other failure.
+
+    A strategy whose backend is not installed raises its own error from the ``ImportError``
+    (e.g. "strategy 'dask' needs the dask extra: pip install ..."); that message is the reason.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError):
+            return str(current)
+        cause = current.__cause__ or current.__context__
+        if isinstance(cause, ImportError):
+            return str(current)
+        current = cause
+    return None
 
 
 def _short_error(exc: BaseException) -> str:
@@ -137,12 +158,16 @@ def _interleave(runners: Sequence[Runner], repeat: int) -> list[Runner]:
     return list(runners[shift:]) + list(runners[:shift])
 
 
-def _new_row(runners: Sequence[Runner], start_errors: dict[str, str]) -> dict[str, Cell]:
-    row = {r.name: Cell() for r in runners}
-    for r in runners:
-        if r.name in start_errors:
-            row[r.name].error = start_errors[r.name]
-    return row
+def _new_row(
+    runners: Sequence[Runner], start_errors: dict[str, str], unavailable: dict[str, str]
+) -> dict[str, Cell]:
+    return {
+        r.name: Cell(error=start_errors.get(r.name)) for r in runners if r.name not in unavailable
+    }
+
+
+def _warm_name(cold: str) -> str:
+    return cold.removesuffix(":cold")
 
 
 def _repeat(
@@ -160,8 +185,8 @@ def _repeat(
     for repeat in range(repeats):
         line = []
         for runner in _interleave(runners, repeat):
-            cell = row[runner.name]
-            if cell.error is not None:
+            cell = row.get(runner.name)
+            if cell is None or cell.error is not None:
                 continue
             line.append(_measure_once(runner, states.get(runner.name), case, expected, cell))
         progress(f"[{label}] {name} repeat {repeat + 1}/{repeats}: " + " ".join(line))
@@ -174,15 +199,18 @@ def measure(
     mode: str,
     repeats: int,
     cold_workloads: tuple[str, ...] | None,
-) -> tuple[dict[str, dict[str, Cell]], dict[str, dict[str, Any]]]:
+) -> tuple[dict[str, dict[str, Cell]], dict[str, dict[str, Any]], dict[str, str]]:
     """Run every runner on every workload ``repeats`` times, interleaved.
 
-    Returns the cells (workload -> runner -> Cell) and per-workload facts (size, skip reason).
+    Returns the cells (workload -> runner -> Cell), per-workload facts (size, skip reason), and
+    the runners left out because a package they need is missing (runner -> why). A left-out
+    runner has no cell; one whose ce-parallel strategy is unavailable is left out cold too.
     """
     cells: dict[str, dict[str, Cell]] = {}
     facts: dict[str, dict[str, Any]] = {}
     states: dict[str, Any] = {}
     start_errors: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
     for runner in runners:
         if runner.cold:
             with contextlib.suppress(Exception):
@@ -193,8 +221,16 @@ def measure(
             states[runner.name] = runner.start()
             progress(f"  started {runner.name} ({time.perf_counter() - t0:.2f} s)")
         except Exception as exc:
-            start_errors[runner.name] = _short_error(exc)
-            progress(f"  {runner.name} unavailable: {start_errors[runner.name]}")
+            why = missing_backend(exc)
+            if why is not None:
+                unavailable[runner.name] = why
+                progress(f"  {runner.name} left out: {why}")
+            else:
+                start_errors[runner.name] = _short_error(exc)
+                progress(f"  {runner.name} failed to start: {start_errors[runner.name]}")
+    for runner in runners:
+        if runner.cold and _warm_name(runner.name) in unavailable:
+            unavailable[runner.name] = unavailable[_warm_name(runner.name)]
     warm = [r for r in runners if not r.cold]
     cold = [r for r in runners if r.cold]
     cases: dict[str, tuple[Case, list[Any]]] = {}
@@ -216,7 +252,7 @@ def measure(
                 "size": case.size,
                 "items": len(case.items),
             }
-            cells[workload.name] = _new_row(warm, start_errors)
+            cells[workload.name] = _new_row(warm, start_errors, unavailable)
             _repeat(
                 workload.name,
                 f"{index}/{len(workloads)}",
@@ -233,8 +269,16 @@ def measure(
         for name, (case, expected) in cases.items():
             if cold_workloads is not None and name not in cold_workloads:
                 continue
-            cells[name].update(_new_row(cold, start_errors))
+            cells[name].update(_new_row(cold, start_errors, unavailable))
             _repeat(name, "cold", cold, cells, states, case, expected, repeats)
+        # a runner that turned out to need a missing package when it ran is left out as well
+        for row in cells.values():
+            for runner_name, cell in list(row.items()):
+                if cell.unavailable is not None:
+                    unavailable.setdefault(runner_name, cell.unavailable)
+        for row in cells.values():
+            for runner_name in unavailable:
+                row.pop(runner_name, None)
     finally:
         for runner in runners:
             if runner.name in states and not runner.cold:
@@ -242,7 +286,7 @@ def measure(
                     runner.stop(states[runner.name])
                 except Exception as exc:
                     progress(f"  stopping {runner.name} failed: {_short_error(exc)}")
-    return cells, facts
+    return cells, facts, unavailable
 
 
 #: A warm measurement shorter than this is repeated until the calls fill it (mean recorded).
@@ -257,6 +301,10 @@ def _measure_once(runner: Runner, state: Any, case: Case, expected: list[Any], c
         got = runner.run(state, case.fn, case.items)
     except Exception as exc:
         cell.error = _short_error(exc)
+        cell.unavailable = missing_backend(exc)
+        if cell.unavailable is not None:
+            progress(f"  {runner.name} left out: {cell.unavailable}")
+            return f"{runner.name}=unavailable"
         progress(f"  {runner.name} raised {cell.error}")
         if os.environ.get("CE_PARALLEL_BENCH_TRACEBACK"):
             traceback.print_exc()

@@ -94,8 +94,14 @@ class _CeState:
 def _ce_config(strategy: str, recorder: _ChoiceRecorder) -> Any:
     from ce_parallel.config import ParallelConfig
 
+    # fallback="raise": a strategy whose backend is missing (dask without its extra) must show
+    # as unavailable, warm or cold, not be timed running the serial fallback under its own name
     return ParallelConfig(
-        enabled=True, strategy=cast("StrategyName", strategy), full_matrix=True, telemetry=recorder
+        enabled=True,
+        strategy=cast("StrategyName", strategy),
+        full_matrix=True,
+        telemetry=recorder,
+        fallback="raise",
     )
 
 
@@ -104,10 +110,7 @@ def _ce_start(strategy: str, workers: int) -> Callable[[], _CeState]:
         from ce_parallel.executor import create_executor
 
         recorder = _ChoiceRecorder()
-        # fallback="raise": a strategy whose backend is missing (dask without its extra) must
-        # show as unavailable, not be timed running the serial fallback under its own name
-        config = _ce_config(strategy, recorder).replace(fallback="raise")
-        executor = create_executor(config)
+        executor = create_executor(_ce_config(strategy, recorder))
         try:
             executor.map(warm_imports, _warmup_items(workers))
         except BaseException:
