@@ -28,6 +28,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
+from .._loky import joblib_start_context
 from ..executor import ParallelExecutor
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
@@ -250,7 +251,9 @@ class JoblibExecutor(ParallelExecutor):
                 from joblib import Parallel
 
                 parallel = Parallel(n_jobs=self.workers, backend="loky")
-                parallel.__enter__()
+                with joblib_start_context():
+                    # (entering creates joblib's executor, or reuses the one it has)
+                    parallel.__enter__()
                 self._parallel = parallel
                 self._retired = _Retired()
 
