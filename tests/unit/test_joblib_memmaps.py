@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ def _total_and_kind(array) -> tuple[float, str]:  # type: ignore[no-untyped-def]
 
 
 def _joblib_folders() -> set[str]:
-    return {p.name for p in SHM.iterdir() if p.name.startswith("joblib_memmapping_folder")}
+    """This process's memory-map folders (other processes, such as tests run alongside, make
+    and remove folders of their own at any time)."""
+    ours = f"joblib_memmapping_folder_{os.getpid()}_"
+    return {p.name for p in SHM.iterdir() if p.name.startswith(ours)}
 
 
 @pytest.mark.skipif(not SHM.is_dir(), reason="needs /dev/shm, where joblib puts its memory maps")
