@@ -38,6 +38,7 @@ def _config(strategy: str) -> ParallelConfig:
 def test_items_changed_in_place_between_maps(strategy: str) -> None:
     arrays = [np.full(SIZE, float(i)) for i in range(4)]
     with create_executor(_config(strategy)) as ex:
+        assert ex.map(_total, [np.ones(3), np.ones(5)]) == [3.0, 5.0]  # too small to map
         assert ex.map(_total, arrays) == [SIZE * float(i) for i in range(4)]
         for a in arrays:
             a[:] += 1

@@ -120,8 +120,11 @@ class _MapFolder:
     def release(self, retired: _Retired) -> None:
         # Runs once, after every chunk of the map was pickled (or cancelled before it was).
         with retired.lock:
-            if not retired.killed:
-                # (once workers are killed, joblib drops every reference to the files itself)
+            if retired.killed:
+                pass  # joblib drops every reference to the files of killed workers itself
+            elif retired.keep_as_spare(self):
+                return
+            else:
                 try:
                     self._drop_parent_references()
                 except Exception:
@@ -130,6 +133,13 @@ class _MapFolder:
                     )
         if not self.try_remove():
             retired.add(self)
+
+    def is_unused(self) -> bool:
+        """True if no array was written here (the parent holds every file until release)."""
+        try:
+            return not os.listdir(self.path)
+        except FileNotFoundError:
+            return False
 
     def _drop_parent_references(self) -> None:
         from joblib.externals.loky.backend import resource_tracker
@@ -195,13 +205,36 @@ class _MapFolder:
 
 
 class _Retired:
-    """Folders of finished maps that workers still used when the map ended."""
+    """Folders of finished maps that workers still used when the map ended.
+
+    A folder into which its map wrote nothing (no array was large enough) is kept as the spare
+    for the next map: it holds no file an array could be confused with, and most maps of
+    small items then cost no folder of their own.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        #: set (under ``lock``) when the workers are killed
+        #: set (under ``lock``) when the workers are killed or the pool is released
         self.killed = False
+        self.closed = False
+        self._spare: _MapFolder | None = None
         self._folders: list[_MapFolder] = []
+
+    def keep_as_spare(self, folder: _MapFolder) -> bool:
+        """Keep ``folder`` for the next map if nothing was written into it (``lock`` held)."""
+        if self.closed or self._spare is not None or not folder.is_unused():
+            return False
+        self._spare = folder
+        return True
+
+    def folder_for_map(self, manager: Any) -> _MapFolder:
+        with self.lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.manager is manager:
+            return spare
+        if spare is not None:
+            self.add(spare)
+        return _MapFolder(manager)
 
     def add(self, folder: _MapFolder) -> None:
         with self.lock:
@@ -216,8 +249,13 @@ class _Retired:
                 self._folders.extend(left)
 
     def take(self) -> list[_MapFolder]:
+        """Every folder left, spare included; later releases no longer keep a spare."""
         with self.lock:
+            self.closed = True
             folders, self._folders = self._folders, []
+            if self._spare is not None:
+                folders.append(self._spare)
+                self._spare = None
         return folders
 
 
@@ -268,7 +306,7 @@ class JoblibExecutor(ParallelExecutor):
         if manager is None or retired is None:
             return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
         retired.sweep()
-        folder = _MapFolder(manager)
+        folder = retired.folder_for_map(manager)
         futures = [backend.submit(_InMapFolder(job, folder)) for job in jobs]
         folder.release_when_done(futures, retired)
         return futures
@@ -282,9 +320,10 @@ class JoblibExecutor(ParallelExecutor):
         backend = parallel._backend
         workers = getattr(backend, "_workers", None)
         manager = getattr(workers, "_temp_folder_manager", None)
-        if kill and retired is not None:
+        if retired is not None:
             with retired.lock:
-                retired.killed = True
+                retired.killed = retired.killed or kill
+                retired.closed = True
         if kill and workers is not None:
             _drop_queued_tasks()
             # kills the workers and removes every memory-map folder of joblib's executor
