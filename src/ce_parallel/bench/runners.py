@@ -251,11 +251,18 @@ def _pool_stop(pool: Any) -> None:
 
 def _loky_factory(workers: int) -> Callable[[], Any]:
     def factory() -> Any:
+        from ce_parallel._loky import loky_package_context
+
+        # its own context: importing loky must not take the start method joblib.Parallel's
+        # workers are started with (see ce_parallel._loky)
+        context = loky_package_context()
         from loky import get_reusable_executor
 
         # loky's default idle timeout (10 s) lets workers exit between interleaved runs, which
         # would time a respawn instead of dispatch; joblib keeps them for 300 s, and so do we.
-        return get_reusable_executor(max_workers=workers, timeout=LOKY_IDLE_TIMEOUT_S)
+        return get_reusable_executor(
+            max_workers=workers, timeout=LOKY_IDLE_TIMEOUT_S, context=context
+        )
 
     return factory
 

@@ -12,6 +12,7 @@ import os
 from concurrent.futures import Future
 from typing import Any
 
+from .._loky import loky_package_context
 from ..engine import PooledExecutor
 from ..resources import numeric_thread_env, threads_per_worker
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk, watch_parent
@@ -27,6 +28,8 @@ class ProcessExecutor(PooledExecutor):
         """Start a loky pool whose workers cap numeric threads and watch this process."""
         with self._pool_lock:
             if self._pool is None:
+                # (the context first: it imports loky without taking joblib's registration)
+                context = loky_package_context()
                 from loky import ProcessPoolExecutor
 
                 env = numeric_thread_env(threads_per_worker(self.budget.count, self.workers))
@@ -38,6 +41,7 @@ class ProcessExecutor(PooledExecutor):
                     env=env,
                     initializer=watch_parent,
                     initargs=(os.getpid(),),
+                    context=context,
                 )
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
