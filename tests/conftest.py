@@ -18,3 +18,12 @@ def _fresh_cost_memory() -> Iterator[None]:
     MEMORY.clear()
     yield
     MEMORY.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_pools_between_tests() -> Iterator[None]:
+    """Facades share pools process-wide; each test's idle ones are released after it."""
+    yield
+    from ce_parallel import release_shared_pools
+
+    release_shared_pools()

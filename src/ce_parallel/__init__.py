@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "CpuBudget": ".resources",
     "cpu_budget": ".resources",
     "register_fork_hook": ".forksafety",
+    "release_shared_pools": ".pools",
     "WorkloadProfile": ".selection",
     "select_strategy": ".selection",
     "in_worker": ".worker",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from .facade import ParallelFacade
     from .forksafety import register_fork_hook
     from .metrics import ParallelMetrics
+    from .pools import release_shared_pools
     from .registry import StrategyRecord, register_strategy, strategy_names
     from .resources import CpuBudget, cpu_budget
     from .selection import WorkloadProfile, select_strategy
@@ -105,6 +107,7 @@ __all__ = [
     "in_worker",
     "register_fork_hook",
     "register_strategy",
+    "release_shared_pools",
     "select_strategy",
     "strategy_names",
 ]

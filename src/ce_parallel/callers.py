@@ -8,7 +8,12 @@ stands for, whether it is switched on, and how many workers it has.
 
 from __future__ import annotations
 
+import functools
+import pickle
 import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 from typing import Any
 
 from .errors import ConfigurationError
@@ -104,6 +109,83 @@ def kind_from_type(executor: Any) -> str:
     return EXTERNAL
 
 
+def run_on_callers_executor(
+    runner: Any,
+    decision: Any,
+    fn: Callable[..., Any],
+    work: list[Any],
+    seeds: list[Any] | None,
+    config: Any,
+    serial: Any,
+) -> list[Any]:
+    """Run ``work`` on a caller's executor (``runner.map``), as the facade decided.
+
+    Its infrastructure failures (a broken pool, work it cannot pickle) fall back like ours do:
+    one fallback record, then ``serial`` (our serial executor) re-runs the work, or the error is
+    raised with ``fallback="raise"``. One run record is emitted either way.
+    """
+    from .errors import classify_failure
+    from .executor import SpawnedSeeds
+    from .telemetry import emit, fallback_record, run_record
+
+    def record(event: str, payload: dict[str, Any]) -> None:
+        emit(event, payload, callback=config.telemetry, path=config.telemetry_path)
+
+    call: Callable[..., Any] = fn
+    args: list[Any] = work
+    if seeds is not None:
+        call = functools.partial(_call_seeded, fn)
+        args = list(zip(work, seeds, strict=True))
+    started = time.perf_counter()
+    error: BaseException | None = None
+    fallbacks = 0
+    try:
+        results: list[Any] = list(runner.map(call, args))
+    except (BrokenExecutor, pickle.PicklingError) as exc:
+        # the caller's pool broke or could not pickle the work: the machinery, not fn
+        error = exc
+        action = "serial" if config.fallback_to_serial else "raise"
+        record(
+            "fallback",
+            fallback_record(
+                strategy=decision.strategy,
+                cause=classify_failure(exc).__name__,
+                failure=exc,
+                action=action,
+                items=len(work),
+            ),
+        )
+        if action == "raise":
+            raise
+        fallbacks = 1
+        results = serial.map(fn, work, seed=None if seeds is None else SpawnedSeeds(seeds))
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        # a caller's executor reports neither its chunks nor the time its workers were busy
+        payload = run_record(
+            strategy=decision.strategy,
+            items=len(work),
+            chunks=None,
+            workers=decision.workers,
+            wall_time_s=time.perf_counter() - started,
+            busy_time_s=None,
+            fallbacks=fallbacks,
+            error=error,
+        )
+        payload["executor_type"] = decision.executor_type
+        record("run", payload)
+    return results
+
+
+def _call_seeded(fn: Callable[..., Any], pair: tuple[Any, Any]) -> Any:
+    """``fn(item, rng=...)`` for an ``(item, SeedSequence)`` pair; picklable when ``fn`` is."""
+    from .worker import call_with_rng
+
+    return call_with_rng(fn, pair[0], pair[1])
+
+
 __all__ = [
     "EXTERNAL",
     "call_site",
@@ -111,4 +193,5 @@ __all__ = [
     "describe_executor",
     "executor_class_name",
     "is_ours",
+    "run_on_callers_executor",
 ]

@@ -18,30 +18,32 @@ The environment and the machine (``Resources``) are read once, when the facade i
 
 from __future__ import annotations
 
-import functools
 import os
-import pickle
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import BrokenExecutor
 from typing import Any, TypeVar
 
 from . import costing, heuristics
 from ._warn import warn_at_caller
-from .callers import call_site, check_executor, describe_executor, is_ours, type_name
+from .callers import (
+    call_site,
+    check_executor,
+    describe_executor,
+    type_name,
+)
 from .checks import check_int, rejected
 from .config import ENV_FULL, ParallelConfig, operator_switch
 from .decision import FullMatrixWarning, ParallelDecision
-from .errors import classify_failure
-from .executor import MapCall, SpawnedSeeds, annotate_item_error, shift_item_index, spawn_seeds
+from .executor import annotate_item_error, shift_item_index, spawn_seeds
 from .gate import Ground, Question, decide
 from .metrics import ParallelMetrics
+from .pools import FacadePools
 from .registry import conservative_strategies, strategy_records
 from .resources import Resources, detect_resources
-from .telemetry import TelemetryCallback, emit, fallback_record, linked, run_record, wanted
-from .worker import IN_WORKER_ENV, call_with_rng, in_worker
+from .telemetry import TelemetryCallback, emit, linked, wanted
+from .worker import IN_WORKER_ENV, in_worker
 
 R = TypeVar("R")
 
@@ -51,8 +53,6 @@ R = TypeVar("R")
 DECISION_CACHE_SIZE = 256
 
 
-#: The cancel flag of the facade's serial fast path: never set (the facade has no cancel()).
-_NEVER_SET = threading.Event()
 #: Serial decisions after which the run's time is worth remembering as the function's cost:
 #: those a known cost could have turned (not the operator's switch, nesting or the config).
 _MEASURING_REASONS = frozenset({"below_min_instances", "tiny_workload", "spawn_cost"})
@@ -77,9 +77,12 @@ class ParallelFacade:
     deterministic decisions in tests and reproducible runs. ``metrics``, when given, is shared
     by every executor the facade creates (one set of counters for an adapter's caller).
 
-    The facade owns the executors it creates: they are pooled per strategy, reused across
-    ``map`` calls, and released by ``close()`` or the end of a ``with`` block. One facade may be
-    used from many threads at once and from inside the functions it runs.
+    Pooled executors are reused across ``map`` calls and, with ``share_pools`` (the default),
+    shared with every other facade of the same configuration in the process (``pools``): a
+    facade built inside a library function finds the pool its previous call started. ``close()``
+    (or the end of a ``with`` block) releases the facade's hold; an idle shared pool is shut
+    down by ``ce_parallel.release_shared_pools()`` or at exit. One facade may be used from many
+    threads at once and from inside the functions it runs.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class ParallelFacade:
         resources: Resources | None = None,
         environ: Mapping[str, str] | None = None,
         metrics: ParallelMetrics | None = None,
+        share_pools: bool = True,
     ) -> None:
         if config is not None and not isinstance(config, ParallelConfig):
             raise rejected("ParallelFacade(config)", config, "a ce_parallel.ParallelConfig or None")
@@ -115,10 +119,7 @@ class ParallelFacade:
             else detect_resources(env, max_workers=merged.max_workers)
         )
         self._executor = executor
-        self._metrics = metrics
-        self._pools: dict[str, Any] = {}
-        self._ran: set[str] = set()  # strategies whose pool this facade has run a map on
-        self._serial: Any | None = None
+        self._pools = FacadePools(merged, self.resources, metrics, share_pools)
         self._lock = threading.Lock()
         self._warned_full_matrix = False
         self._decisions: dict[tuple[Any, ...], ParallelDecision] = {}
@@ -265,9 +266,7 @@ class ParallelFacade:
         return record is not None and not record.conservative and not self.config.full_matrix
 
     def _warm(self, strategy: str) -> bool:
-        with self._lock:
-            pool = self._pools.get(strategy)
-            return pool is not None and strategy in self._ran and not pool.closed
+        return self._pools.warm(strategy)
 
     def _warn_full_matrix(self, requested: str) -> None:
         with self._lock:
@@ -331,11 +330,11 @@ class ParallelFacade:
             if recorded:
                 # every record the run emits, on whichever executor, names this decision
                 with linked(decision_id=decision.decision_id, call_site=site):
-                    tail = self._run(
+                    tail = self._pools.run(
                         decision, runner, fn, rest, rest_seeds, chunksize, timeout, progress
                     )
             else:
-                tail = self._run(
+                tail = self._pools.run(
                     decision, runner, fn, rest, rest_seeds, chunksize, timeout, progress
                 )
         except BaseException as exc:
@@ -400,181 +399,19 @@ class ParallelFacade:
             and not (self.resources.ci and not self._operator_forced)
         )
 
-    def _run(
-        self,
-        decision: ParallelDecision,
-        runner: Any | None,
-        fn: Callable[..., R],
-        work: list[Any],
-        seeds: list[Any] | None,
-        chunksize: int | None,
-        timeout: float | None,
-        progress: bool,
-    ) -> list[R]:
-        if not work:
-            return []
-        seed = None if seeds is None else SpawnedSeeds(seeds)
-        if not decision.use_parallel:
-            serial = self._serial_executor()
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                if progress or timeout is not None:
-                    return serial.map(fn, work, progress=progress, timeout=timeout, seed=seed)
-                # the fast path: the decision is made, the arguments checked, and nobody can
-                # cancel this call (the facade has no cancel()): no flag of its own is needed
-                call = MapCall(fn, cancelled=_NEVER_SET, per_item_s=decision.per_item_s)
-                return serial.execute(call, work, seeds)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._emit_run(decision, len(work), time.perf_counter() - started, error)
-        if runner is not None and not is_ours(runner):
-            return self._run_external(runner, decision, fn, work, seeds)
-        pool = runner if runner is not None else self._pool(decision.strategy, decision.workers)
-        cold = runner is None and not self._warm(decision.strategy)
-        before = pool.metrics.snapshot()
-        results: list[R] = pool.map(
-            fn, work, chunksize=chunksize, timeout=timeout, progress=progress, seed=seed
-        )
-        if runner is None:
-            with self._lock:
-                self._ran.add(decision.strategy)
-            if cold:
-                _measure_start(decision.strategy, pool, before)
-        return results
-
-    def _emit_run(
-        self, decision: ParallelDecision, items: int, wall: float, error: BaseException | None
-    ) -> None:
-        config = self.config
-        if not wanted(config.telemetry, config.telemetry_path):
-            return
-        record = run_record(
-            strategy="sequential",
-            items=items,
-            chunks=None,
-            workers=1,
-            wall_time_s=wall,
-            busy_time_s=wall,
-            error=error,
-        )
-        record["serial"] = True
-        self._emit("run", record)
-
-    def _run_external(
-        self,
-        runner: Any,
-        decision: ParallelDecision,
-        fn: Callable[..., R],
-        work: list[Any],
-        seeds: list[Any] | None,
-    ) -> list[R]:
-        """Run on a caller's executor; its infrastructure failures fall back like ours do."""
-        call: Callable[..., Any] = fn
-        args: list[Any] = work
-        if seeds is not None:
-            call = functools.partial(_call_seeded, fn)
-            args = list(zip(work, seeds, strict=True))
-        started = time.perf_counter()
-        error: BaseException | None = None
-        fallbacks = 0
-        try:
-            results: list[R] = list(runner.map(call, args))
-        except (BrokenExecutor, pickle.PicklingError) as exc:
-            # the caller's pool broke or could not pickle the work: the machinery, not fn
-            error = exc
-            action = "serial" if self.config.fallback_to_serial else "raise"
-            self._emit(
-                "fallback",
-                fallback_record(
-                    strategy=decision.strategy,
-                    cause=classify_failure(exc).__name__,
-                    failure=exc,
-                    action=action,
-                    items=len(work),
-                ),
-            )
-            if action == "raise":
-                raise
-            fallbacks = 1
-            results = self._serial_executor().map(
-                fn, work, seed=None if seeds is None else SpawnedSeeds(seeds)
-            )
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            # a caller's executor reports neither its chunks nor the time its workers were busy
-            record = run_record(
-                strategy=decision.strategy,
-                items=len(work),
-                chunks=None,
-                workers=decision.workers,
-                wall_time_s=time.perf_counter() - started,
-                busy_time_s=None,
-                fallbacks=fallbacks,
-                error=error,
-            )
-            record["executor_type"] = decision.executor_type
-            self._emit("run", record)
-        return results
-
-    def _emit(self, event: str, payload: dict[str, Any]) -> None:
-        emit(event, payload, callback=self.config.telemetry, path=self.config.telemetry_path)
-
-    def _pool(self, strategy: str, workers: int) -> Any:
-        from .executor import create_executor
-
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("this ParallelFacade has been closed; create a new one")
-            pool = self._pools.get(strategy)
-            if pool is None or pool.closed:
-                config = self.config.replace(strategy=strategy, enabled=True)
-                pool = create_executor(config, max_workers=workers, resources=self.resources)
-                if self._metrics is not None:
-                    pool.metrics = self._metrics
-                self._pools[strategy] = pool
-            return pool
-
-    def _serial_executor(self) -> Any:
-        from .strategies.serial import SerialExecutor
-
-        with self._lock:
-            if self._serial is None:
-                config = self.config.replace(strategy="sequential")
-                self._serial = SerialExecutor(config, resources=self.resources)
-                if self._metrics is not None:
-                    self._serial.metrics = self._metrics
-            return self._serial
-
     # -- lifetime ------------------------------------------------------------------------------
 
     @property
     def executors(self) -> dict[str, Any]:
-        """The executors this facade created, by strategy (``"sequential"`` for the serial one)."""
-        with self._lock:
-            owned = dict(self._pools)
-            if self._serial is not None:
-                owned["sequential"] = self._serial
-        return owned
+        """The executors this facade runs on, by strategy (``"sequential"`` for the serial one)."""
+        return self._pools.executors()
 
     def close(self, cancel: bool = False) -> None:
-        """Shut down every executor this facade created (never the caller's); idempotent.
-
-        ``cancel`` stops running maps and does not wait for busy workers."""
-        with self._lock:
-            self._closed = True
-            owned = list(self._pools.values())
-            if self._serial is not None:
-                owned.append(self._serial)
-            self._pools.clear()
-            self._ran.clear()
-            self._serial = None
-        for executor in owned:
-            executor.shutdown(cancel=cancel)
+        """Shut down the executors this facade created for itself (never the caller's) and
+        release its hold on shared pools; idempotent. ``cancel`` stops running maps and does
+        not wait for busy workers (shared pools it holds alone are shut down too)."""
+        self._closed = True
+        self._pools.close(cancel=cancel)
 
     def __enter__(self) -> ParallelFacade:
         if self._closed:
@@ -595,24 +432,6 @@ def _stamped(decision: ParallelDecision, site: str) -> ParallelDecision:
     import dataclasses
 
     return dataclasses.replace(decision, decision_id=uuid.uuid4().hex, call_site=site)
-
-
-def _measure_start(strategy: str, pool: Any, before: dict[str, Any]) -> None:
-    """Remember what the first map of a new pool spent beyond its items: the start-up."""
-    from .costs import MEMORY
-
-    after = pool.metrics.snapshot()
-    wall = after["total_duration"] - before["total_duration"]
-    busy = after["busy_time"] - before["busy_time"]
-    chunks = max(1, after["chunks"] - before["chunks"])
-    if wall <= 0 or after["fallbacks"] > before["fallbacks"]:
-        return
-    MEMORY.record_start(strategy, wall - busy / min(pool.workers, chunks))
-
-
-def _call_seeded(fn: Callable[..., Any], pair: tuple[Any, Any]) -> Any:
-    """``fn(item, rng=...)`` for an ``(item, SeedSequence)`` pair; picklable when ``fn`` is."""
-    return call_with_rng(fn, pair[0], pair[1])
 
 
 __all__ = ["ParallelFacade", "full_matrix_strategies"]

@@ -694,7 +694,7 @@ def test_map_records_decision_and_run() -> None:
 
 
 def test_pools_are_reused_and_released_by_close() -> None:
-    f = facade(THREADS)
+    f = facade(THREADS, share_pools=False)
     f.map(square, range(300), seconds_per_item=0.01)
     pool = f.executors["threads"]
     assert isinstance(pool, ThreadExecutor)
@@ -709,9 +709,30 @@ def test_pools_are_reused_and_released_by_close() -> None:
         f.map(square, [1])
 
 
+def test_facades_of_one_configuration_share_their_pools_across_calls() -> None:
+    from ce_parallel import release_shared_pools
+    from ce_parallel.pools import shared_pool_count
+
+    def library_call() -> Any:
+        # a library builds its facade inside the function it parallelises
+        with facade(THREADS) as f:
+            f.map(square, range(300), seconds_per_item=0.01)
+            return f.executors["threads"]
+
+    first, second = library_call(), library_call()
+    assert first is second and not first.closed  # the second call found the pool warm
+    assert shared_pool_count() == 1
+    other = facade(THREADS.replace(max_workers=3))
+    other.map(square, range(300), seconds_per_item=0.01)
+    assert other.executors["threads"] is not first  # another configuration, another pool
+    other.close()
+    release_shared_pools()
+    assert first.closed and shared_pool_count() == 0
+
+
 def test_context_manager_closes_owned_executors_but_not_the_callers() -> None:
     with ThreadPoolExecutor(2) as pool:
-        with facade(THREADS) as f:
+        with facade(THREADS, share_pools=False) as f:
             f.map(square, range(300), seconds_per_item=0.01)
             f.map(square, range(300), seconds_per_item=0.01, executor=pool)
             owned = f.executors["threads"]
