@@ -10,7 +10,6 @@ are its workers child processes) come from its registry record, never from a lis
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import uuid
@@ -21,9 +20,9 @@ from typing import Any, ClassVar
 
 from . import telemetry
 from .checks import check_int, check_seconds, rejected
+from .chunks import default_chunksize
 from .config import ParallelConfig
 from .errors import ConfigurationError
-from .heuristics import CHUNKS_PER_WORKER
 from .metrics import ParallelMetrics
 from .progress import Progress
 from .registry import StrategyRecord, strategy_class, strategy_records
@@ -297,21 +296,6 @@ def _capped_budget(budget: CpuBudget | None, cap: int | None) -> CpuBudget:
     if cap is not None and cap <= budget.count:
         return CpuBudget(cap, "max_workers", {**budget.sources, "max_workers": cap})
     return budget
-
-
-def default_chunksize(n: int, workers: int) -> int:
-    """About ``CHUNKS_PER_WORKER`` chunks per worker (``heuristics.CHUNKS_PER_WORKER``), and a
-    number of chunks that splits evenly over the workers where the items allow it.
-
-    ``ceil(n / (workers x CHUNKS_PER_WORKER))`` items per chunk, made smaller while that leaves
-    a number of chunks that is not a multiple of ``workers``: 10 coarse items on 2 workers run
-    as 10 chunks (5 each), not as 5 chunks (3 and 2).
-    """
-    workers = max(1, workers)
-    size = max(1, math.ceil(n / (workers * CHUNKS_PER_WORKER)))
-    while size > 1 and math.ceil(n / size) % workers:
-        size -= 1
-    return size
 
 
 def create_executor(

@@ -19,10 +19,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .chunks import default_chunksize
 from .heuristics import (
     AUTO_EXPECTED_MAPS_PER_POOL,
     AUTO_MIN_PARALLEL_WORK_S,
-    CHUNKS_PER_WORKER,
     FACADE_SECONDS_PER_WORK_ITEM,
     MIN_PARALLEL_GAIN,
     PROCESS_BYTES_PER_S,
@@ -76,10 +76,6 @@ class Selection:
     estimates: dict[str, float]
 
 
-def _chunks(n: int, workers: int) -> int:
-    return min(n, max(1, workers) * CHUNKS_PER_WORKER)
-
-
 def estimate_run_s(
     record: StrategyRecord,
     n: int,
@@ -106,9 +102,10 @@ def estimate_run_s(
     if observed_s is not None:
         return opening + n * observed_s
     workers = max(1, workers)
-    chunks = _chunks(n, workers)
+    # the engine's own plan: the slowest worker runs ceil(chunks / workers) chunks
+    per_chunk = default_chunksize(n, workers)
+    chunks = math.ceil(n / per_chunk)
     rounds = math.ceil(chunks / workers)
-    per_chunk = math.ceil(n / chunks)
     compute = per_item_s * rounds * per_chunk
     if width is not None and 0 < width < workers:
         compute *= workers / width
