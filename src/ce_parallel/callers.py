@@ -110,7 +110,7 @@ def kind_from_type(executor: Any) -> str:
 
 
 def run_on_callers_executor(
-    runner: Any,
+    given: Any,
     decision: Any,
     fn: Callable[..., Any],
     work: list[Any],
@@ -118,7 +118,7 @@ def run_on_callers_executor(
     config: Any,
     serial: Any,
 ) -> list[Any]:
-    """Run ``work`` on a caller's executor (``runner.map``), as the facade decided.
+    """Run ``work`` on a caller's executor (``given.map``), as the facade decided.
 
     Its infrastructure failures (a broken pool, work it cannot pickle) fall back like ours do:
     one fallback record, then ``serial`` (our serial executor) re-runs the work, or the error is
@@ -140,7 +140,7 @@ def run_on_callers_executor(
     error: BaseException | None = None
     fallbacks = 0
     try:
-        results: list[Any] = list(runner.map(call, args))
+        results: list[Any] = list(given.map(call, args))
     except (BrokenExecutor, pickle.PicklingError) as exc:
         # the caller's pool broke or could not pickle the work: the machinery, not fn
         error = exc

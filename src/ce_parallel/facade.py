@@ -239,8 +239,8 @@ class ParallelFacade:
             if len(self._decisions) >= DECISION_CACHE_SIZE:
                 self._decisions.clear()
             self._decisions[key] = decision
-        runner = chosen if (decision.use_parallel and decision.reason == "enabled") else None
-        return self._record(decision, site), runner
+        given = chosen if (decision.use_parallel and decision.reason == "enabled") else None
+        return self._record(decision, site), given
 
     def _record(self, decision: ParallelDecision, site: str) -> ParallelDecision:
         config = self.config
@@ -320,7 +320,7 @@ class ParallelFacade:
         seeds = spawn_seeds(seed, len(work)) if seed is not None and work else None
         cost = self._costing(fn, work, seeds, seconds_per_item, executor)
         done = len(cost.head) if cost is not None else 0
-        decision, runner = self._decide(
+        decision, given = self._decide(
             instances, n_features, bytes_hint, executor, cost, len(work) - done, site
         )
         rest = work[done:] if done else work
@@ -331,11 +331,11 @@ class ParallelFacade:
                 # every record the run emits, on whichever executor, names this decision
                 with linked(decision_id=decision.decision_id, call_site=site):
                     tail = self._pools.run(
-                        decision, runner, fn, rest, rest_seeds, chunksize, timeout, progress
+                        decision, given, fn, rest, rest_seeds, chunksize, timeout, progress
                     )
             else:
                 tail = self._pools.run(
-                    decision, runner, fn, rest, rest_seeds, chunksize, timeout, progress
+                    decision, given, fn, rest, rest_seeds, chunksize, timeout, progress
                 )
         except BaseException as exc:
             shift_item_index(exc, done, decision.strategy)

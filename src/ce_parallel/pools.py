@@ -151,7 +151,7 @@ class FacadePools:
     def run(
         self,
         decision: ParallelDecision,
-        runner: Any | None,
+        given: Any | None,
         fn: Callable[..., Any],
         work: list[Any],
         seeds: list[Any] | None,
@@ -159,7 +159,7 @@ class FacadePools:
         timeout: float | None,
         progress: bool,
     ) -> list[Any]:
-        """Run ``work`` as ``decision`` says: serially, on ``runner`` (a caller's executor), or
+        """Run ``work`` as ``decision`` says: serially, on ``given`` (a caller's executor), or
         on this facade's pooled executor of the decided strategy.
 
         The serial path records one run record here (a pooled executor records its own). The
@@ -187,20 +187,20 @@ class FacadePools:
                 raise
             finally:
                 self._record_serial_run(len(work), time.perf_counter() - started, error)
-        if runner is not None and not is_ours(runner):
+        if given is not None and not is_ours(given):
             return run_on_callers_executor(
-                runner, decision, fn, work, seeds, self._config, self.serial()
+                given, decision, fn, work, seeds, self._config, self.serial()
             )
-        pool = runner if runner is not None else self.pooled(decision.strategy, decision.workers)
-        cold = runner is None and not self.warm(decision.strategy)
-        before = pool.metrics.snapshot()
-        results: list[Any] = pool.map(
+        executor = given if given is not None else self.pooled(decision.strategy, decision.workers)
+        cold = given is None and not self.warm(decision.strategy)
+        before = executor.metrics.snapshot()
+        results: list[Any] = executor.map(
             fn, work, chunksize=chunksize, timeout=timeout, progress=progress, seed=seed
         )
-        if runner is None:
+        if given is None:
             self.ran(decision.strategy)
             if cold:
-                _measure_start(decision.strategy, pool, before)
+                _measure_start(decision.strategy, executor, before)
         return results
 
     def _record_serial_run(self, items: int, wall: float, error: BaseException | None) -> None:

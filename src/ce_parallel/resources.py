@@ -151,7 +151,12 @@ def cpu_budget(
     read_scheduler(env, reading)
     read_loky_limit(env, reading)
     if max_workers is not None:
-        reading.limit("max_workers", max_workers, RANK_MAX_WORKERS, "the config's worker cap")
+        reading.limit(
+            "max_workers",
+            max_workers,
+            RANK_MAX_WORKERS,
+            "an explicit worker count (honoured above the budget)",
+        )
 
     if not reading.candidates:
         reading.limit("fallback", 1, RANK_MACHINE + 1, "no source reported a CPU count")
