@@ -830,3 +830,11 @@ def test_map_needs_a_callable() -> None:
     with pytest.raises(TypeError, match="callable"):
         not_callable: Any = 42
         facade().map(not_callable, [1])
+
+
+def test_the_full_matrix_warning_points_at_the_callers_line() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        facade(enabled("processes")).decide_use_parallel(*BIG)
+    (warning,) = gate_warnings(caught)
+    assert warning.filename == __file__

@@ -1,0 +1,38 @@
+"""Chunk sizes split evenly over the workers; explicit worker counts are honoured."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ce_parallel import ParallelConfig, create_executor
+from ce_parallel.chunks import default_chunksize
+from ce_parallel.heuristics import CHUNKS_PER_WORKER
+from ce_parallel.resources import CpuBudget, Resources
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("n", [1, 2, 5, 9, 10, 30, 100, 1000, 10_000, 99_991])
+def test_chunks_are_a_multiple_of_the_workers_or_single_items(n: int, workers: int) -> None:
+    size = default_chunksize(n, workers)
+    chunks = math.ceil(n / size)
+    assert size >= 1
+    assert chunks % workers == 0 or size == 1
+    # balancing costs at most a doubling of the chunks the engine aims for
+    assert size == 1 or chunks <= 2 * workers * CHUNKS_PER_WORKER
+
+
+def test_ten_coarse_items_on_two_workers_run_five_each() -> None:
+    # the calibrated-explanations case: 10 row-chunks were 5 tasks split 3:2
+    assert default_chunksize(10, 2) == 1
+
+
+def test_an_explicit_worker_count_is_honoured_above_the_budget() -> None:
+    two = Resources(budget=CpuBudget(2, "affinity", {"affinity": 2}))
+    config = ParallelConfig(enabled=True, strategy="threads", max_workers=4)
+    with create_executor(config, resources=two) as ex:
+        assert ex.workers == 4
+        assert ex.budget.count == 2
+    with create_executor(config.replace(max_workers=1), resources=two) as ex:
+        assert ex.workers == 1 and ex.budget.limited_by == "max_workers"
