@@ -58,11 +58,14 @@ def measure(
     seeds: Sequence[Any] | None,
     *,
     probe_threads: int = 0,
+    sizes: bool = False,
 ) -> Costing:
     """Run a pilot of the first items of ``work`` here; remember what it measured.
 
     With ``probe_threads`` >= 2 the pilot also runs a few items on that many threads at once,
-    to learn whether the items hold the GIL (what a thread pool needs to know). A caller's
+    to learn whether the items hold the GIL (what a thread pool needs to know). With ``sizes``
+    it also measures what an item and the function cost to pickle (what a strategy that pickles
+    work must send: a large array bound into ``fn`` is seen without a hint). A caller's
     exception is raised as ``PilotError`` with the failing item's index.
     """
     if probe_threads >= 2:
@@ -77,7 +80,8 @@ def measure(
         holds_gil=holds_gil,
         cpu_ratio=result.cpu_ratio,
         thread_scaling=result.thread_scaling,
-        item_bytes=pickled_size(work[0]) if holds_gil else None,
+        item_bytes=pickled_size(work[0]) if (holds_gil or sizes) else None,
+        fn_bytes=pickled_size(fn) if sizes else None,
     )
     key = MEMORY.remember_fn(fn, measurement)
     return Costing("pilot", measurement, key, result.results)

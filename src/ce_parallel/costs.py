@@ -30,9 +30,11 @@ class Measurement:
 
     ``per_item_s``: seconds per item in the calling thread; ``spread``: the relative spread of
     the pilot's blocks (0 = steady); ``items``: how many items were timed. ``holds_gil``,
-    ``cpu_ratio``, ``thread_scaling`` and ``item_bytes`` come from auto's thread probe (None when
-    it did not run). ``observed`` maps a strategy to the seconds per item a real run of it took
-    (wall time / items), which overrides the model's estimate for that strategy.
+    ``cpu_ratio`` and ``thread_scaling`` come from auto's thread probe (None when it did not run);
+    ``item_bytes`` and ``fn_bytes`` are what one item and the function cost to pickle (their
+    arrays counted by their buffers, nothing copied; None when not measured). ``observed`` maps
+    a strategy to the seconds per item a real run of it took (wall time / items), which
+    overrides the model's estimate for that strategy.
     """
 
     per_item_s: float
@@ -42,6 +44,7 @@ class Measurement:
     cpu_ratio: float | None = None
     thread_scaling: float | None = None
     item_bytes: int | None = None
+    fn_bytes: int | None = None
     observed: tuple[tuple[str, float], ...] = field(default=())
 
     def observed_for(self, strategy: str) -> float | None:

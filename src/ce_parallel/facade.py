@@ -207,6 +207,11 @@ class ParallelFacade:
         measurement = None if cost is None else cost.measurement
         target = heuristics.FULL_MATRIX_SUBSTITUTE if self._gated(requested) else requested
         observed = None if measurement is None else measurement.observed_for(target)
+        if bytes_hint is None and measurement is not None and measurement.item_bytes:
+            # no hint, but the pilot measured what one item costs to send
+            bytes_hint = measurement.item_bytes
+        if measurement is not None and measurement.fn_bytes:
+            fn_bytes = measurement.fn_bytes
         question = Question(
             n_instances=n_instances,
             n_features=n_features,
@@ -377,8 +382,15 @@ class ParallelFacade:
         requested = self.config.strategy
         record = strategy_records().get(requested)
         probe = 2 if record is not None and not record.pickles_work else 0
+        target = strategy_records().get(self.target_strategy())
         try:
-            return costing.measure(fn, work, seeds, probe_threads=probe)
+            return costing.measure(
+                fn,
+                work,
+                seeds,
+                probe_threads=probe,
+                sizes=target is not None and target.pickles_work,
+            )
         except costing.PilotError as failure:
             annotate_item_error(failure.error, failure.index, "sequential", None)
             raise failure.error from None

@@ -205,3 +205,29 @@ def _where(_: int) -> tuple[int, str]:
 
 def _double(x: int) -> int:
     return 2 * x
+
+
+def test_the_pilot_sees_large_arrays_a_pickling_strategy_would_send() -> None:
+    import functools
+
+    np = pytest.importorskip("numpy")
+    arrays = [np.ones(1_000_000) for _ in range(16)]  # 8 MB each
+    with facade(JOBLIB) as f:
+        assert f.map(_total, arrays) == [1_000_000.0] * 16
+        d = f.last_decision
+        assert d is not None and (d.reason, d.cost_source) == ("payload_too_large", "pilot")
+        assert d.bytes_hint is not None and d.bytes_hint >= 8_000_000
+        # an array bound into fn is seen too: it would travel with every chunk
+        bound = functools.partial(_offset_total, arrays[0])
+        f.map(bound, range(16))
+        d = f.last_decision
+        assert d is not None and not d.use_parallel
+        assert d.estimated_parallel_s is not None and d.estimated_parallel_s > d.estimated_serial_s
+
+
+def _total(a: Any) -> float:
+    return float(a.sum())
+
+
+def _offset_total(a: Any, i: int) -> float:
+    return float(a[i])
