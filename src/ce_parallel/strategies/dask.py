@@ -28,8 +28,10 @@ a pool starts, so ``import ce_parallel`` never loads it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import itertools
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
@@ -44,7 +46,7 @@ from ..errors import (
     WorkerCrashedError,
 )
 from ..resources import Resources, numeric_thread_env, threads_per_worker
-from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, run_chunk
+from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, gc_paused, run_chunk
 
 #: A function whose cloudpickle is at least this many bytes is scattered to every worker once
 #: per map instead of being pickled into every chunk task. Below it, the copy per task costs
@@ -75,9 +77,43 @@ def _missing_fn(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("this chunk's function travels separately (scattered) and was not given")
 
 
-def _run_with_shared_fn(fn: Callable[..., Any], job: ChunkJob) -> ChunkOutcome:
-    """Run a chunk whose function was scattered: dask passes the worker's copy as ``fn``."""
-    return run_dask_chunk(dataclasses.replace(job, fn=fn))
+#: Functions a worker loaded for the maps it is running, by map key (the last few only).
+_loaded_fns: collections.OrderedDict[str, Callable[..., Any]] = collections.OrderedDict()
+_loaded_lock = threading.Lock()
+_LOADED_KEEP = 4
+
+
+def _load_fn(key: str, payload: bytes) -> Callable[..., Any]:
+    """The map's function, unpickled once per worker process and map."""
+    import cloudpickle
+
+    with _loaded_lock:
+        fn = _loaded_fns.get(key)
+    if fn is None:
+        fn = cloudpickle.loads(payload)
+        with _loaded_lock:
+            _loaded_fns[key] = fn
+            while len(_loaded_fns) > _LOADED_KEEP:
+                _loaded_fns.popitem(last=False)
+    return fn
+
+
+def run_pickled_chunk(payload: bytes, key: str, packed_job: bytes) -> ChunkOutcome:
+    """A chunk task whose job and function travel as cloudpickle bytes.
+
+    Dask pickles a task's arguments with the standard pickler first, which sends functions and
+    classes by reference and ignores ``cloudpickle.register_pickle_by_value``: an item or a
+    function from a module that the scheduler (which loads every task) or a worker on another
+    node cannot import would fail there. Pickled with cloudpickle in the caller, the work
+    travels exactly as the process strategy sends it. ``payload`` (the function, given or
+    scattered) is loaded once per worker and map. A loading failure raises: the task fails
+    outside the user's code, a failure of the machinery.
+    """
+    import cloudpickle
+
+    with gc_paused():
+        job: ChunkJob = cloudpickle.loads(packed_job)
+    return run_dask_chunk(dataclasses.replace(job, fn=_load_fn(key, payload)))
 
 
 def _machinery_error(exc: BaseException, stage: str) -> BaseException:
@@ -268,6 +304,7 @@ class DaskExecutor(PooledExecutor):
         self._owns_client = False
         self._bridge: _Bridge | None = None
         self._shared: Any = None  # the scattered function of the current map
+        self._map_keys = itertools.count()
         self._plugin: str | None = None  # name of the set-up plugin registered on the cluster
 
     @property
@@ -373,25 +410,31 @@ class DaskExecutor(PooledExecutor):
         assert client is not None
         self._finish_bridge()
         fn = jobs[0].fn
-        shared = None
         try:
-            fn_bytes = len(cloudpickle.dumps(fn))
+            payload = cloudpickle.dumps(fn)
         except Exception as exc:
             # every task would carry it: nothing can be submitted
             raise SerializationError(
                 f"the function cannot be pickled for the dask workers: {type(exc).__name__}: {exc}"
             ) from exc
-        if len(jobs) > 1 and fn_bytes >= SCATTER_MIN_BYTES:
-            shared = client.scatter(fn, broadcast=True, hash=False)
-        self._shared = shared
+        key = f"{self._token}-{next(self._map_keys)}"
+        shared: Any = None
         submitted: list[Any] = []
         try:
+            if len(jobs) > 1 and len(payload) >= SCATTER_MIN_BYTES:
+                shared = client.scatter(payload, broadcast=True, hash=False)
+            self._shared = shared
+            fn_arg = payload if shared is None else shared
             for job in jobs:
-                if shared is None:
-                    submitted.append(client.submit(run_dask_chunk, job, pure=False))
-                else:
-                    light = dataclasses.replace(job, fn=_missing_fn)
-                    submitted.append(client.submit(_run_with_shared_fn, shared, light, pure=False))
+                try:
+                    with gc_paused():
+                        packed = cloudpickle.dumps(dataclasses.replace(job, fn=_missing_fn))
+                except Exception as exc:
+                    raise SerializationError(
+                        f"items {job.start}..{job.start + len(job.items) - 1} cannot be pickled "
+                        f"for the dask workers: {type(exc).__name__}: {exc}"
+                    ) from exc
+                submitted.append(client.submit(run_pickled_chunk, fn_arg, key, packed, pure=False))
         except BaseException as exc:
             # what was already submitted must not keep running while everything falls back
             client.cancel(submitted)
