@@ -133,7 +133,11 @@ def dask_client() -> Iterator[Any]:
     """One 2-worker LocalCluster for the whole suite: starting one per test costs ~10 s."""
     distributed = pytest.importorskip("distributed", reason="dask extra not installed")
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},  # no clash with another cluster's 8787
     )
     client = distributed.Client(cluster, set_as_default=False)
     # The client pools its connections to the scheduler and workers and grows the pool with
