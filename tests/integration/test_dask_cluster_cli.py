@@ -185,6 +185,17 @@ def wait_for_new_workers(client: Any, old: dict[str, int]) -> dict[str, int]:
         time.sleep(0.2)
 
 
+def lines_settle(path: Path, count: int) -> list[str]:
+    """The file's lines once it has ``count`` of them (bounded wait: set-up is queued on each
+    worker's task thread, ahead of its chunks, and a worker given no chunk runs it meanwhile)."""
+    deadline = time.monotonic() + RESTART_S
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def dask_config(**changes: Any) -> ParallelConfig:
     return ParallelConfig(enabled=True, strategy="dask", full_matrix=True, **changes)
 
@@ -304,7 +315,8 @@ def test_each_worker_runs_its_setup_once(cli_cluster: CliCluster, tmp_path: Path
             items = range(round_, round_ + 30)
             check_healthy(ex, ex.map(square_where, items), items, set(pids.values()))
         # the plugin ran on every worker when the executor connected, and never again
-        assert sorted(int(line) for line in log.read_text().split()) == sorted(pids.values())
+        setups = lines_settle(log, WORKERS)
+        assert sorted(int(line) for line in setups) == sorted(pids.values())
 
 
 @pytest.mark.timeout(120)
@@ -326,6 +338,7 @@ def test_a_restarted_worker_gets_its_setup_again(
     with create_executor(config) as ex:
         before = worker_pids(client)
         check_healthy(ex, ex.map(square_where, range(20)), range(20), set(before.values()))
+        lines_settle(log, WORKERS)
         assert setups() == sorted(before.values())
         address, pid = sorted(before.items())[0]
         if how == "restart_workers":
@@ -439,7 +452,7 @@ def test_an_in_process_cluster_leaves_the_caller_alone(
             assert {pid for _, pid, _ in rows} == {os.getpid()}  # in-process, by design
             assert caller not in {name for _, _, name in rows}  # but on the workers' threads
             assert ex.metrics.fallbacks == 0
-    setups = log.read_text().splitlines()
+    setups = lines_settle(log, WORKERS)
     assert len(setups) == len(set(setups)) == WORKERS  # once per worker thread
     # nothing of a worker's set-up touched the caller: not marked as a worker, not watched
     assert not in_worker()

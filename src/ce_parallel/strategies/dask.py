@@ -173,10 +173,13 @@ def _plugin_class() -> type:
     class WorkerSetupPlugin(WorkerPlugin):
         """Runs an executor's ``WorkerSetup`` once on every worker, and again after a restart.
 
-        The set-up runs in the worker's task thread pool (with one thread per worker, the very
-        thread that runs its chunks), so an initializer's thread-local state is seen by them.
-        Registered idempotently under one name per executor; never raises into Dask: an
-        initializer error is kept and reported by that worker's first chunk.
+        The set-up is queued on the worker's task thread pool (with one thread per worker, the
+        very thread that runs its chunks, so an initializer's thread-local state is seen by
+        them), ahead of any chunk of the executor: the pool runs in order. It is not awaited,
+        so registering never waits for tasks that other clients keep running on a shared
+        cluster. Registered idempotently under one name per executor; never raises into Dask:
+        an initializer error is kept and reported by that worker's first chunk (a chunk that
+        comes first runs the same set-up itself, once).
         """
 
         idempotent = True
@@ -184,11 +187,8 @@ def _plugin_class() -> type:
         def __init__(self, setup: WorkerSetup) -> None:
             self.setup_ = setup
 
-        async def setup(self, worker: Any) -> None:
-            import asyncio
-
-            pool = worker.executors["default"]
-            await asyncio.wrap_future(pool.submit(_prepare_worker, self.setup_))
+        def setup(self, worker: Any) -> None:
+            worker.executors["default"].submit(_prepare_worker, self.setup_)
 
     WorkerSetupPlugin.__module__ = __name__
     WorkerSetupPlugin.__qualname__ = "WorkerSetupPlugin"
