@@ -74,7 +74,7 @@ _prepared_lock = threading.Lock()
 
 
 def _missing_fn(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("this chunk's function travels separately (scattered) and was not given")
+    raise RuntimeError("this chunk's function travels separately (as bytes) and was not given")
 
 
 #: Functions a worker loaded for the maps it is running, by map key (the last few only).
@@ -184,11 +184,21 @@ def _plugin_class() -> type:
 
         idempotent = True
 
-        def __init__(self, setup: WorkerSetup) -> None:
-            self.setup_ = setup
+        def __init__(self, packed_setup: bytes) -> None:
+            # cloudpickle bytes, as the chunks travel: loaded in the worker, never by the
+            # scheduler, and an initializer from a module sent by value arrives too
+            self.packed_setup = packed_setup
 
         def setup(self, worker: Any) -> None:
-            worker.executors["default"].submit(_prepare_worker, self.setup_)
+            import cloudpickle
+
+            try:
+                setup = cloudpickle.loads(self.packed_setup)
+            except Exception:
+                # the chunks carry the same set-up and fail to load as a failure of the
+                # machinery, which the caller hears about; a worker plugin must not raise
+                return
+            worker.executors["default"].submit(_prepare_worker, setup)
 
     WorkerSetupPlugin.__module__ = __name__
     WorkerSetupPlugin.__qualname__ = "WorkerSetupPlugin"
@@ -381,12 +391,23 @@ class DaskExecutor(PooledExecutor):
         The scheduler keeps the plugin and gives it to every worker that joins or restarts
         while this executor is connected; ``release_pool`` unregisters it.
         """
+        import cloudpickle
+
         name = PLUGIN_PREFIX + self._token
-        plugin = _plugin_class()(self.worker_setup())
+        try:
+            packed = cloudpickle.dumps(self.worker_setup())
+        except Exception as exc:
+            raise SerializationError(
+                "ParallelConfig.worker_initializer or its arguments cannot be pickled for the "
+                f"dask workers: {type(exc).__name__}: {exc}"
+            ) from exc
+        plugin = _plugin_class()(packed)
         try:
             self._client.register_plugin(plugin, name=name)
         except Exception as exc:
-            raise _machinery_error(exc, "submit") from exc
+            raise BackendUnavailableError(
+                f"the dask cluster did not take the worker set-up: {type(exc).__name__}: {exc}"
+            ) from exc
         self._plugin = name
 
     def worker_setup(self) -> WorkerSetup:
@@ -487,6 +508,12 @@ class DaskExecutor(PooledExecutor):
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(plugin)
         self._close(client, cluster, owns)
+        # what workers inside this process (an in-process cluster) kept for this executor
+        with _prepared_lock:
+            _prepared.pop(self._token, None)
+        with _loaded_lock:
+            for key in [k for k in _loaded_fns if k.startswith(f"{self._token}-")]:
+                del _loaded_fns[key]
 
     @staticmethod
     def _close(client: Any, cluster: Any, owns: bool) -> None:
