@@ -27,6 +27,7 @@ from workfns import (
 )
 
 from ce_parallel import ConfigurationError, ParallelExecutor, create_executor
+from ce_parallel.registry import strategy_record
 
 
 @settings(
@@ -180,10 +181,37 @@ def test_a_shut_down_executor_refuses_work(executor: ParallelExecutor) -> None:
         executor.map(add_one, [1])
 
 
-def test_context_manager_releases_the_pool(strategy: str, no_leaks: None) -> None:
-    with create_executor(make_config(strategy)) as ex:
+def test_context_manager_releases_the_pool(
+    strategy: str, checked: Callable[[ParallelExecutor], ParallelExecutor], no_leaks: None
+) -> None:
+    # an executor of its own (on dask: its own LocalCluster), checked as the fixture's are
+    with checked(create_executor(make_config(strategy))) as ex:
         assert ex.map(add_one, range(10)) == list(range(1, 11))
     assert ex.name == strategy or strategy == "auto"
+    assert ex.metrics.fallbacks == 0
+
+
+def _holds_a_lock() -> Callable[[int], int]:
+    lock = threading.Lock()
+
+    def locked_square(x: int) -> int:
+        with lock:
+            return x * x
+
+    return locked_square
+
+
+@pytest.mark.expects_fallback
+def test_unpicklable_work_falls_back_only_where_work_is_pickled(
+    executor: ParallelExecutor,
+) -> None:
+    # the opt-out of the suite's checks: this map runs serially on purpose where work must be
+    # pickled, and stays healthy where it need not be
+    assert executor.map(_holds_a_lock(), range(12)) == [x * x for x in range(12)]
+    record = strategy_record(executor.name)
+    expected = 1 if record.pickles_work and not record.chooses else 0
+    if not record.chooses:
+        assert executor.metrics.fallbacks == expected
 
 
 def test_metrics_snapshot_has_the_documented_keys(executor: ParallelExecutor) -> None:

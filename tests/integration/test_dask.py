@@ -20,9 +20,15 @@ from leakcheck import assert_no_leaks, snapshot, worker_children  # noqa: E402
 from workfns import boom_at, sleep_then_return, square  # noqa: E402
 
 from ce_parallel import ParallelConfig, create_executor  # noqa: E402
+from ce_parallel.errors import SerializationError, WorkerCrashedError  # noqa: E402
 from ce_parallel.resources import Resources, cpu_budget  # noqa: E402
 from ce_parallel.strategies import strategy_class  # noqa: E402
-from ce_parallel.strategies.dask import SCATTER_MIN_BYTES, DaskExecutor  # noqa: E402
+from ce_parallel.strategies.dask import (  # noqa: E402
+    PLUGIN_PREFIX,
+    SCATTER_MIN_BYTES,
+    DaskExecutor,
+    _machinery_error,
+)
 
 CLUSTER_WORKERS = 2
 
@@ -31,7 +37,11 @@ CLUSTER_WORKERS = 2
 def cluster() -> Iterator[Any]:
     """One 2-worker LocalCluster (processes, 1 thread each) shared by the module's tests."""
     local = distributed.LocalCluster(
-        n_workers=CLUSTER_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=CLUSTER_WORKERS,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},  # no clash with another cluster's 8787
     )
     try:
         yield local
@@ -186,6 +196,60 @@ def test_unpicklable_function_falls_back_and_is_recorded(client: Any) -> None:
     (fallback,) = recorder.of("fallback")
     assert fallback["cause"] == "SerializationError"
     assert fallback["action"] == "serial"
+
+
+def fail_to_initialize() -> None:
+    raise LookupError("the model file is missing")
+
+
+def _plugin_names(dask_worker: Any) -> list[str]:
+    return [name for name in dask_worker.plugins if name.startswith(PLUGIN_PREFIX)]
+
+
+def test_setup_plugin_lives_as_long_as_the_executor(client: Any) -> None:
+    # (other executors on the shared client keep theirs)
+    before = client.run(_plugin_names)
+    ex = DaskExecutor(client=client)
+    assert ex.map(square, range(6)) == [i * i for i in range(6)]
+    during = client.run(_plugin_names)
+    assert all(len(during[w]) == len(before[w]) + 1 for w in before)
+    ex.shutdown()
+    assert client.run(_plugin_names) == before
+
+
+def test_a_failing_initializer_raises_its_own_error_without_fallback(client: Any) -> None:
+    config = ParallelConfig(worker_initializer=fail_to_initialize)
+    with DaskExecutor(config, client=client) as ex:
+        with pytest.raises(LookupError, match="model file") as info:
+            ex.map(square, range(10))
+        assert ex.metrics.fallbacks == 0
+    notes = getattr(info.value, "__notes__", [])
+    assert any("worker_initializer" in note for note in notes)
+
+
+class KilledWorker(Exception):
+    """Named as distributed names it: failures are told by type name, not by message."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "stage", "expected"),
+    [
+        (KilledWorker("anything"), "task", WorkerCrashedError),
+        (KilledWorker("could not pickle"), "submit", WorkerCrashedError),
+        (TypeError("cannot pickle '_thread.lock' object"), "submit", SerializationError),
+        (TypeError("no words about it"), "submit", SerializationError),
+        (RuntimeError("Error during deserialization"), "task", SerializationError),
+        (ModuleNotFoundError("only_here"), "gather", SerializationError),
+    ],
+)
+def test_failures_are_told_by_type_and_stage(
+    exc: BaseException, stage: str, expected: type
+) -> None:
+    error = _machinery_error(exc, stage)
+    assert type(error) is expected
+    assert error.__cause__ is exc
+    ours = WorkerCrashedError("lost")
+    assert _machinery_error(ours, stage) is ours  # one of ours keeps its type
 
 
 # -- addresses, own clusters, worker loss, shutdown ------------------------------------------

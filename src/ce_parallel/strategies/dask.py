@@ -6,20 +6,32 @@ or on a ``LocalCluster`` of its own sized from the CPU budget (worker processes,
 no dashboard). Only what it started is closed on ``shutdown()``: its own cluster and client, or
 the client it opened to a given address; a client passed in stays open.
 
+The workers are not the caller's children: they belong to a nanny, a batch job, or live inside
+the caller's own process (``LocalCluster(processes=False)``). So they never get the parent
+watchdog, and the once-per-worker set-up (the ``worker_initializer``, fork-safety hooks, and the
+numeric-thread caps of a cluster we sized) travels as a Dask worker plugin, registered when the
+executor connects: every worker runs it once, before its first task, and a worker that restarts
+gets it again from the scheduler. A worker inside the caller's process runs only the initializer,
+once per worker thread; nothing else touches the caller's process.
+
 Each chunk is one task submitted with ``pure=False``, so identical chunks are separate tasks that
-each run once. A bridge thread gathers finished tasks and completes one
-``concurrent.futures.Future`` per chunk, so waiting, deadlines and cancellation work exactly as
-for the other strategies. A function whose pickle is large (a model, a table) is scattered to
-every worker once per map instead of travelling inside every task. Lost workers
-(``KilledWorker``), closed connections and unreachable schedulers are failures of the machinery:
-they reach ``ParallelExecutor`` as ``WorkerCrashedError`` / ``BackendUnavailableError`` and fall
-back. dask is imported only when a pool starts, so ``import ce_parallel`` never loads it.
+each run once. A bridge thread waits on ``distributed.as_completed`` (woken by each finished
+task, never polling on a timer) and completes one ``concurrent.futures.Future`` per chunk, so
+waiting, deadlines and cancellation work exactly as for the other strategies. A function whose
+pickle is large (a model, a table) is scattered to every worker once per map instead of
+travelling inside every task. Lost workers (``KilledWorker``), closed connections, work that
+cannot be serialized and unreachable schedulers are failures of the machinery, told apart by
+exception type and the stage they happened in: they reach the engine as ``WorkerCrashedError``,
+``SerializationError`` or ``BackendUnavailableError`` and fall back. dask is imported only when
+a pool starts, so ``import ce_parallel`` never loads it.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import itertools
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
@@ -27,9 +39,14 @@ from typing import Any
 
 from ..config import ParallelConfig
 from ..engine import PooledExecutor
-from ..errors import BackendUnavailableError, SerializationError, WorkerCrashedError
+from ..errors import (
+    BackendUnavailableError,
+    ParallelExecutionError,
+    SerializationError,
+    WorkerCrashedError,
+)
 from ..resources import Resources, numeric_thread_env, threads_per_worker
-from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, run_chunk
+from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, gc_paused, run_chunk
 
 #: A function whose cloudpickle is at least this many bytes is scattered to every worker once
 #: per map instead of being pickled into every chunk task. Below it, the copy per task costs
@@ -37,36 +54,166 @@ from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, run_chu
 #: 1 MiB and 16 chunks per map the per-task copies already move 16 MiB through the scheduler,
 #: and distributed itself warns about task graphs of a few MiB.
 SCATTER_MIN_BYTES = 1024 * 1024
-#: How often (seconds) the bridge thread wakes to notice that it was told to stop.
-BRIDGE_POLL_S = 0.1
 #: Seconds allowed for connecting to a given scheduler before the strategy falls back.
 CONNECT_TIMEOUT_S = 10.0
-#: Task states of a dask future that will not change any more.
-_FINAL_STATES = frozenset({"finished", "error", "cancelled", "lost"})
-#: Exception type names that mean a worker or the connection to it was lost.
+#: Exception type names (distributed's and tornado's) that mean a worker or the connection to
+#: it was lost. Told by name: the classes live in modules that may not be importable here.
 _LOST_WORKER_ERRORS = frozenset({"KilledWorker", "CommClosedError", "StreamClosedError"})
+#: Where a dask failure happened. ``submit``: the client serializes the task (a comm failure
+#: there is a lost connection; anything else means the work cannot be pickled). ``task``: the
+#: task itself failed; ``run_chunk`` returns every error of the user's code as data, so what is
+#: left is the worker or scheduler failing to load the task (deserialization). ``gather``: the
+#: finished chunk's result could not be fetched or loaded here.
+_STAGES = ("submit", "task", "gather")
+#: Name under which an executor's set-up plugin is registered (the executor's token follows).
+PLUGIN_PREFIX = "ce-parallel-setup-"
+#: Set-up outcomes a worker's plugin produced (an initializer error, fork-hook counts), by
+#: executor token: the first chunk of that executor in this process reports them.
+_prepared: dict[str, ChunkOutcome] = {}
+_prepared_lock = threading.Lock()
 
 
 def _missing_fn(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("this chunk's function travels separately (scattered) and was not given")
+    raise RuntimeError("this chunk's function travels separately (as bytes) and was not given")
 
 
-def _run_with_shared_fn(fn: Callable[..., Any], job: ChunkJob) -> ChunkOutcome:
-    """Run a chunk whose function was scattered: dask passes the worker's copy as ``fn``."""
-    return run_chunk(dataclasses.replace(job, fn=fn))
+#: Functions a worker loaded for the maps it is running, by map key (the last few only).
+_loaded_fns: collections.OrderedDict[str, Callable[..., Any]] = collections.OrderedDict()
+_loaded_lock = threading.Lock()
+_LOADED_KEEP = 4
 
 
-def _machinery_error(exc: BaseException) -> BaseException:
-    """Name a dask failure as the typed error ``ParallelExecutor`` classifies for fallback."""
-    name = type(exc).__name__
-    if name in _LOST_WORKER_ERRORS:
-        error: BaseException = WorkerCrashedError(f"dask lost a worker: {name}: {exc}")
-    elif "serializ" in f"{exc}".lower() or "pickl" in f"{exc}".lower():
-        error = SerializationError(f"dask could not serialize a chunk: {name}: {exc}")
-    else:
+def _load_fn(key: str, payload: bytes) -> Callable[..., Any]:
+    """The map's function, unpickled once per worker process and map."""
+    import cloudpickle
+
+    with _loaded_lock:
+        fn = _loaded_fns.get(key)
+    if fn is None:
+        fn = cloudpickle.loads(payload)
+        with _loaded_lock:
+            _loaded_fns[key] = fn
+            while len(_loaded_fns) > _LOADED_KEEP:
+                _loaded_fns.popitem(last=False)
+    return fn
+
+
+def run_pickled_chunk(payload: bytes, key: str, packed_job: bytes) -> ChunkOutcome:
+    """A chunk task whose job and function travel as cloudpickle bytes.
+
+    Dask pickles a task's arguments with the standard pickler first, which sends functions and
+    classes by reference and ignores ``cloudpickle.register_pickle_by_value``: an item or a
+    function from a module that the scheduler (which loads every task) or a worker on another
+    node cannot import would fail there. Pickled with cloudpickle in the caller, the work
+    travels exactly as the process strategy sends it. ``payload`` (the function, given or
+    scattered) is loaded once per worker and map. A loading failure raises: the task fails
+    outside the user's code, a failure of the machinery.
+    """
+    import cloudpickle
+
+    with gc_paused():
+        job: ChunkJob = cloudpickle.loads(packed_job)
+    return run_dask_chunk(dataclasses.replace(job, fn=_load_fn(key, payload)))
+
+
+def _machinery_error(exc: BaseException, stage: str) -> BaseException:
+    """Name a dask failure as the typed error the engine classifies for fallback.
+
+    Told apart by exception type and by the ``stage`` it happened in (see ``_STAGES``), never
+    by the text of its message: one of ours keeps its type, a lost worker or connection is a
+    ``WorkerCrashedError``, and anything else at these stages is work that could not cross to
+    the worker or back (``SerializationError``).
+    """
+    assert stage in _STAGES
+    if isinstance(exc, ParallelExecutionError):
         return exc
+    name = type(exc).__name__
+    lost = any(cls.__name__ in _LOST_WORKER_ERRORS for cls in type(exc).__mro__)
+    if lost:
+        error: BaseException = WorkerCrashedError(f"dask lost a worker: {name}: {exc}")
+    else:
+        error = SerializationError(f"dask could not move a chunk ({stage}): {name}: {exc}")
     error.__cause__ = exc
     return error
+
+
+def _prepare_worker(setup: WorkerSetup) -> None:
+    """Run the executor's set-up in this worker thread now; keep what the first chunk reports."""
+    outcome = run_chunk(ChunkJob(fn=_missing_fn, start=0, items=(), setup=setup))
+    if outcome.error is not None or outcome.fork_hooks is not None:
+        with _prepared_lock:
+            _prepared[setup.token] = outcome
+
+
+def run_dask_chunk(job: ChunkJob) -> ChunkOutcome:
+    """A chunk task: ``run_chunk``, first reporting what this worker's set-up plugin produced.
+
+    An initializer that failed in the plugin fails the first chunk of this worker with its own
+    error, as it would have when run with that chunk; fork-hook counts ride on the first chunk.
+    """
+    prepared = None
+    if job.setup is not None and _prepared:
+        with _prepared_lock:
+            prepared = _prepared.pop(job.setup.token, None)
+    if prepared is not None and prepared.error is not None:
+        return dataclasses.replace(prepared, start=job.start)
+    outcome = run_chunk(job)
+    if prepared is not None and outcome.fork_hooks is None:
+        outcome.fork_hooks = prepared.fork_hooks
+    return outcome
+
+
+def _plugin_class() -> type:
+    """``WorkerSetupPlugin``, built on first use so that dask is imported only when needed."""
+    global _plugin_type
+    if _plugin_type is not None:
+        return _plugin_type
+    from distributed import WorkerPlugin
+
+    class WorkerSetupPlugin(WorkerPlugin):
+        """Runs an executor's ``WorkerSetup`` once on every worker, and again after a restart.
+
+        The set-up is queued on the worker's task thread pool (with one thread per worker, the
+        very thread that runs its chunks, so an initializer's thread-local state is seen by
+        them), ahead of any chunk of the executor: the pool runs in order. It is not awaited,
+        so registering never waits for tasks that other clients keep running on a shared
+        cluster. Registered idempotently under one name per executor; never raises into Dask:
+        an initializer error is kept and reported by that worker's first chunk (a chunk that
+        comes first runs the same set-up itself, once).
+        """
+
+        idempotent = True
+
+        def __init__(self, packed_setup: bytes) -> None:
+            # cloudpickle bytes, as the chunks travel: loaded in the worker, never by the
+            # scheduler, and an initializer from a module sent by value arrives too
+            self.packed_setup = packed_setup
+
+        def setup(self, worker: Any) -> None:
+            import cloudpickle
+
+            try:
+                setup = cloudpickle.loads(self.packed_setup)
+            except Exception:
+                # the chunks carry the same set-up and fail to load as a failure of the
+                # machinery, which the caller hears about; a worker plugin must not raise
+                return
+            worker.executors["default"].submit(_prepare_worker, setup)
+
+    WorkerSetupPlugin.__module__ = __name__
+    WorkerSetupPlugin.__qualname__ = "WorkerSetupPlugin"
+    _plugin_type = WorkerSetupPlugin
+    return WorkerSetupPlugin
+
+
+_plugin_type: type | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # a worker unpickles the plugin by reference: ``ce_parallel.strategies.dask.WorkerSetupPlugin``
+    if name == "WorkerSetupPlugin":
+        return _plugin_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _settle(target: Future[ChunkOutcome], setter: Callable[[Any], None], value: Any) -> None:
@@ -76,12 +223,19 @@ def _settle(target: Future[ChunkOutcome], setter: Callable[[Any], None], value: 
 
 
 class _Bridge:
-    """Completes one ``concurrent.futures.Future`` per dask future, from one thread."""
+    """Completes one ``concurrent.futures.Future`` per dask future, from one thread.
 
-    def __init__(self, pairs: list[tuple[Any, Future[ChunkOutcome]]]) -> None:
+    The thread iterates ``distributed.as_completed``, which the client's event loop wakes as
+    each task finishes (or is cancelled): no timer, no polling interval added to a map.
+    """
+
+    def __init__(self, loop: Any, pairs: list[tuple[Any, Future[ChunkOutcome]]]) -> None:
+        from distributed import as_completed
+
         self._lock = threading.Lock()
         self._remaining: dict[Any, Future[ChunkOutcome]] = dict(pairs)
         self._stop = threading.Event()
+        self._completed = as_completed(list(self._remaining), loop=loop)
         self._thread = threading.Thread(
             target=self._run, name="ce-parallel-dask-bridge", daemon=True
         )
@@ -103,33 +257,22 @@ class _Bridge:
             left, self._remaining = self._remaining, {}
         for fut in left.values():
             _settle(fut, fut.set_exception, BackendUnavailableError("the dask pool was released"))
+        # an empty as_completed ends its iteration; wake the thread instead of letting it
+        # notice on its own
+        self._completed.clear()
+        with self._completed.thread_condition:
+            self._completed.thread_condition.notify_all()
         self._thread.join()
         return list(left)
 
-    def join(self) -> None:
-        self._thread.join()
-
     def _run(self) -> None:
-        from distributed import wait
-
-        while not self._stop.is_set():
-            with self._lock:
-                watched = list(self._remaining)
-            if not watched:
+        for dfut in self._completed:
+            if self._stop.is_set():
                 return
-            failed = False
-            try:
-                wait(watched, timeout=BRIDGE_POLL_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                pass
-            except Exception:
-                # futures cancelled meanwhile, or a closing client: the states below tell
-                failed = True
-            final = [dfut for dfut in watched if dfut.status in _FINAL_STATES]
-            for dfut in final:
-                self._resolve(dfut)
-            if failed and not final:
-                self._stop.wait(BRIDGE_POLL_S)  # do not spin on a client that keeps failing
+            self._resolve(dfut)
+            with self._lock:
+                if not self._remaining:
+                    return  # dropped futures need not be waited for
 
     def _resolve(self, dfut: Any) -> None:
         with self._lock:
@@ -142,11 +285,11 @@ class _Bridge:
                 _settle(target, target.set_result, dfut.result())
                 return
             if status == "error":
-                failure: BaseException = _machinery_error(dfut.exception())
+                failure: BaseException = _machinery_error(dfut.exception(), "task")
             else:
                 failure = WorkerCrashedError(f"dask reported the chunk's task as {status}")
         except Exception as exc:  # gathering the result failed: the data or its worker is gone
-            failure = _machinery_error(exc)
+            failure = _machinery_error(exc, "gather")
         _settle(target, target.set_exception, failure)
 
 
@@ -171,6 +314,8 @@ class DaskExecutor(PooledExecutor):
         self._owns_client = False
         self._bridge: _Bridge | None = None
         self._shared: Any = None  # the scattered function of the current map
+        self._map_keys = itertools.count()
+        self._plugin: str | None = None  # name of the set-up plugin registered on the cluster
 
     @property
     def client(self) -> Any:
@@ -226,20 +371,57 @@ class DaskExecutor(PooledExecutor):
                     raise
                 self._cluster = cluster
                 self._owns_client = True
-            if self._cluster is None:
-                # A cluster we did not size: plan chunks for the threads it actually has.
-                threads = sum(self._client.nthreads().values())
-                if threads > 0:
-                    self.workers = threads
-                    self.metrics.max_workers = threads
+            try:
+                if self._cluster is None:
+                    # A cluster we did not size: plan chunks for the threads it actually has.
+                    threads = sum(self._client.nthreads().values())
+                    if threads > 0:
+                        self.workers = threads
+                        self.metrics.max_workers = threads
+                self._register_plugin()
+            except BaseException:
+                self._close(self._client, self._cluster, self._owns_client)
+                self._client = self._cluster = None
+                self._owns_client = False
+                raise
+
+    def _register_plugin(self) -> None:
+        """Register this executor's once-per-worker set-up with the cluster (idempotent).
+
+        The scheduler keeps the plugin and gives it to every worker that joins or restarts
+        while this executor is connected; ``release_pool`` unregisters it.
+        """
+        import cloudpickle
+
+        name = PLUGIN_PREFIX + self._token
+        try:
+            packed = cloudpickle.dumps(self.worker_setup())
+        except Exception as exc:
+            raise SerializationError(
+                "ParallelConfig.worker_initializer or its arguments cannot be pickled for the "
+                f"dask workers: {type(exc).__name__}: {exc}"
+            ) from exc
+        plugin = _plugin_class()(packed)
+        try:
+            self._client.register_plugin(plugin, name=name)
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"the dask cluster did not take the worker set-up: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._plugin = name
 
     def worker_setup(self) -> WorkerSetup:
-        """As for every strategy, without numeric caps on a cluster we did not size."""
-        setup = super().worker_setup()
-        if self._cluster is None:
-            # Remote workers size their numeric libraries from their own node (dask's nanny
-            # already limits them); our local budget says nothing about that machine.
-            setup = dataclasses.replace(setup, blas_threads=None)
+        """As for every strategy; numeric caps only on a cluster this executor sized.
+
+        Never the parent watchdog: a Dask worker's parent is its nanny (or the worker lives
+        in the caller's process). Workers of a cluster we did not start size their numeric
+        libraries from their own node (dask's nanny already limits them); our local budget
+        says nothing about that machine.
+        """
+        setup = dataclasses.replace(super().worker_setup(), watch_parent=False)
+        if self._cluster is not None:
+            threads = threads_per_worker(self.budget.count, self.workers)
+            setup = dataclasses.replace(setup, blas_threads=threads)
         return setup
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
@@ -249,37 +431,43 @@ class DaskExecutor(PooledExecutor):
         assert client is not None
         self._finish_bridge()
         fn = jobs[0].fn
-        shared = None
         try:
-            fn_bytes = len(cloudpickle.dumps(fn))
+            payload = cloudpickle.dumps(fn)
         except Exception as exc:
             # every task would carry it: nothing can be submitted
             raise SerializationError(
                 f"the function cannot be pickled for the dask workers: {type(exc).__name__}: {exc}"
             ) from exc
-        if len(jobs) > 1 and fn_bytes >= SCATTER_MIN_BYTES:
-            shared = client.scatter(fn, broadcast=True, hash=False)
-        self._shared = shared
+        key = f"{self._token}-{next(self._map_keys)}"
+        shared: Any = None
         submitted: list[Any] = []
         try:
+            if len(jobs) > 1 and len(payload) >= SCATTER_MIN_BYTES:
+                shared = client.scatter(payload, broadcast=True, hash=False)
+            self._shared = shared
+            fn_arg = payload if shared is None else shared
             for job in jobs:
-                if shared is None:
-                    submitted.append(client.submit(run_chunk, job, pure=False))
-                else:
-                    light = dataclasses.replace(job, fn=_missing_fn)
-                    submitted.append(client.submit(_run_with_shared_fn, shared, light, pure=False))
+                try:
+                    with gc_paused():
+                        packed = cloudpickle.dumps(dataclasses.replace(job, fn=_missing_fn))
+                except Exception as exc:
+                    raise SerializationError(
+                        f"items {job.start}..{job.start + len(job.items) - 1} cannot be pickled "
+                        f"for the dask workers: {type(exc).__name__}: {exc}"
+                    ) from exc
+                submitted.append(client.submit(run_pickled_chunk, fn_arg, key, packed, pure=False))
         except BaseException as exc:
             # what was already submitted must not keep running while everything falls back
             client.cancel(submitted)
             if isinstance(exc, Exception):
-                raise _machinery_error(exc) from exc
+                raise _machinery_error(exc, "submit") from exc
             raise
         futures: list[Future[ChunkOutcome]] = [Future() for _ in jobs]
         for fut in futures:
             # A dask task cannot report when it starts; treating every chunk as running means
             # that on a user error the earlier chunks are awaited and only later ones cancelled.
             fut.set_running_or_notify_cancel()
-        self._bridge = _Bridge(list(zip(submitted, futures, strict=True)))
+        self._bridge = _Bridge(client.loop, list(zip(submitted, futures, strict=True)))
         return futures
 
     def _finish_bridge(self) -> None:
@@ -314,6 +502,21 @@ class DaskExecutor(PooledExecutor):
             client, self._client = self._client, None
             cluster, self._cluster = self._cluster, None
             owns, self._owns_client = self._owns_client, False
+            plugin, self._plugin = self._plugin, None
+        if plugin is not None and client is not None and cluster is None:
+            # a cluster that outlives us must not give our set-up to the workers it starts
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(plugin)
+        self._close(client, cluster, owns)
+        # what workers inside this process (an in-process cluster) kept for this executor
+        with _prepared_lock:
+            _prepared.pop(self._token, None)
+        with _loaded_lock:
+            for key in [k for k in _loaded_fns if k.startswith(f"{self._token}-")]:
+                del _loaded_fns[key]
+
+    @staticmethod
+    def _close(client: Any, cluster: Any, owns: bool) -> None:
         if owns and client is not None:
             with contextlib.suppress(Exception):
                 client.close()
@@ -322,4 +525,4 @@ class DaskExecutor(PooledExecutor):
                 cluster.close()
 
 
-__all__ = ["SCATTER_MIN_BYTES", "DaskExecutor"]
+__all__ = ["PLUGIN_PREFIX", "SCATTER_MIN_BYTES", "DaskExecutor", "run_dask_chunk"]
