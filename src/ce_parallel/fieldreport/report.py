@@ -218,7 +218,7 @@ def plot(report: dict[str, Any], path: str) -> None:
         ("left on the table by serial decisions", "left_on_table_s", "#e9c46a"),
     )
     height = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.9 * len(names)))
+    fig, ax = plt.subplots(figsize=(10, 1.8 + 0.9 * len(names)))
     for n, (label, key, colour) in enumerate(series):
         values = [report["call_sites"].get(name, {}).get(key, 0.0) for name in names]
         ys = [i + (n - 1) * height for i in range(len(names))]
@@ -228,10 +228,10 @@ def plot(report: dict[str, Any], path: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds (measured run time against the decision's estimates)")
     ax.set_title("ce-parallel field evidence: time saved and lost per call site")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(series), fontsize=8)
     ax.margins(x=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
