@@ -89,7 +89,7 @@ class SiteStats:
 
 
 def _int(value: Any, default: int = 0) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
+    return value if type(value) is int else default
 
 
 def left_on_table(wall_s: float, budget: int, start_cost_s: float) -> float:
@@ -158,6 +158,7 @@ class Aggregator:
         self.last_time: float | None = None
         self.processes: set[tuple[str, int]] = set()
         self.max_processes = 10_000
+        self._last_process: tuple[str, int] | None = None
         self._max_pending = max_pending
         # decision id -> [decision summary | None, run summary | None, fallback causes | None]
         self._pending: OrderedDict[str, list[Any]] = OrderedDict()
@@ -184,8 +185,11 @@ class Aggregator:
             if self.last_time is None or when > self.last_time:
                 self.last_time = when
         pid = record.get("pid")
-        if isinstance(pid, int) and len(self.processes) < self.max_processes:
-            self.processes.add((str(record.get("host")), pid))
+        if type(pid) is int:
+            process = (str(record.get("host")), pid)
+            if process != self._last_process and len(self.processes) < self.max_processes:
+                self.processes.add(process)
+                self._last_process = process
         if event == "decision":
             self._decision(version, record)
         elif event == "run":
