@@ -290,11 +290,19 @@ def test_bad_lines_are_reported_with_their_line_and_skipped(tmp_path: Path) -> N
 
 def test_invalid_utf8_and_non_finite_numbers_do_not_crash(tmp_path: Path) -> None:
     path = tmp_path / "odd.jsonl"
-    d = decision("d1", SITE_A, True, "enabled", est_serial="inf")
-    path.write_bytes(b"\xff\xfe garbage\n" + json.dumps(d).encode() + b"\n")
+    d = decision("d1", SITE_A, True, "enabled", est_serial="inf", est_parallel="nan")
+    r = run("d1", SITE_A, False, 1.0, busy="nan")
+    bad_wall = run("d2", SITE_A, True, "inf")  # a measured time must be a finite number
+    path.write_bytes(
+        b"\xff\xfe garbage\n" + "".join(json.dumps(x) + "\n" for x in (d, r, bad_wall)).encode()
+    )
     report = build_report([str(path)])
-    assert report["lines"]["problems"] == {"malformed": 1}
-    assert report["lines"]["records"] == 1
+    assert report["lines"]["problems"] == {"malformed": 1, "invalid": 1}
+    assert report["lines"]["records"] == 2
+    site = report["call_sites"][SITE_A]
+    # unknown estimates: neither saved nor lost; unknown busy time: no efficiency
+    assert (site["saved_s"], site["lost_s"], site["efficiency_pct"]) == (0, 0, None)
+    json.loads(json.dumps(report, allow_nan=False))  # strict JSON throughout
 
 
 def test_version_1_lines_are_counted_unlinked_and_mixed_versions_noted(tmp_path: Path) -> None:
@@ -480,6 +488,15 @@ def test_cli_plot_writes_a_png(tmp_path: Path) -> None:
     proc = _cli(known_file(tmp_path), "--plot", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_to_an_unwritable_path_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "no" / "such" / "dir" / "x.png")
+    assert fieldreport.main([known_file(tmp_path)], plot_path=out) == fieldreport.EXIT_NO_PLOT
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_plot_without_matplotlib_is_a_clear_error(

@@ -36,10 +36,11 @@ version 1 (records written before decision ids existed): it is counted, under th
     Counted, otherwise ignored.
 
 Version 2 ``decision``, ``run`` and ``fallback`` lines must carry the fields the report uses with
-their types (``reader.check_record``); numbers may also be the strings ``"nan"``, ``"inf"``,
-``"-inf"`` that ``telemetry.json_safe`` writes. A line that is not JSON, is cut short at the end
-of a file, has an unknown version or breaks the schema is reported with its file and line number
-and skipped; a file whose version changes is noted at the line where it changes.
+their types (``reader.check_record``); a number that may be None may also be one of the strings
+``"nan"``, ``"inf"``, ``"-inf"`` that ``telemetry.json_safe`` writes, and counts as unknown. A
+line that is not JSON, is cut short at the end of a file, has an unknown version or breaks the
+schema is reported with its file and line number and skipped; a file whose version changes is
+noted at the line where it changes.
 
 Linking
 -------
@@ -88,7 +89,8 @@ def main(paths: Sequence[str], *, as_json: bool = False, plot_path: str | None =
     """Print the report for ``paths``; return the exit status.
 
     0 on success; 2 when a path cannot be read (nothing else is printed); 1 when ``plot_path``
-    is given and matplotlib is not installed (the report is printed first).
+    is given and matplotlib is not installed or the figure cannot be written (the report is
+    printed first).
     """
     bad = unreadable_paths(paths)
     if bad:
@@ -105,6 +107,9 @@ def main(paths: Sequence[str], *, as_json: bool = False, plot_path: str | None =
             plot(report, plot_path)
         except PlotUnavailable as exc:
             print(f"ce-parallel report: {exc}", file=sys.stderr)
+            return EXIT_NO_PLOT
+        except OSError as exc:
+            print(f"ce-parallel report: cannot write {plot_path}: {exc}", file=sys.stderr)
             return EXIT_NO_PLOT
     return EXIT_OK
 

@@ -6,6 +6,7 @@ counted, except a compact entry per decision id still waiting for its partner (`
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,13 @@ class SiteStats:
         }
         out["efficiency_pct"] = self.efficiency_pct
         return out
+
+
+def _finite(value: Any) -> float | None:
+    """A number that can be summed: nan and the infinities (an estimate json_safe wrote as a
+    string) count as unknown."""
+    out = number(value)
+    return out if out is not None and math.isfinite(out) else None
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -178,7 +186,7 @@ class Aggregator:
     def add(self, version: int, record: dict[str, Any]) -> None:
         event = record["event"]
         self.events[event] += 1
-        when = number(record.get("time"))
+        when = _finite(record.get("time"))
         if when is not None:
             if self.first_time is None or when < self.first_time:
                 self.first_time = when
@@ -216,7 +224,7 @@ class Aggregator:
         if not decision_id:
             self.unlinked_decisions += 1
             return
-        start = number(record.get("start_cost_s"))
+        start = _finite(record.get("start_cost_s"))
         summary = (
             site_name,
             parallel,
@@ -225,8 +233,8 @@ class Aggregator:
             _int(record.get("n_features"), 1),
             _int(record.get("cpu_budget"), _int(record.get("workers"), 1)),
             0.0 if start is None else start,
-            number(record.get("estimated_serial_s")),
-            number(record.get("estimated_parallel_s")),
+            _finite(record.get("estimated_serial_s")),
+            _finite(record.get("estimated_parallel_s")),
         )
         self._link(decision_id, 0, summary)
 
@@ -238,7 +246,7 @@ class Aggregator:
             serial = record.get("strategy") in ("sequential", "serial")
         site_name = record.get("call_site") if decision_id else UNLINKED
         stats = self.site(site_name if isinstance(site_name, str) else UNLINKED)
-        wall = number(record.get("wall_time_s")) or 0.0
+        wall = _finite(record.get("wall_time_s")) or 0.0
         items = _int(record.get("items"))
         workers = _int(record.get("workers"), 1)
         if serial:
@@ -249,7 +257,7 @@ class Aggregator:
             stats.parallel_runs += 1
             stats.parallel_items += items
             stats.parallel_wall_s += wall
-            busy = number(record.get("busy_time_s"))
+            busy = _finite(record.get("busy_time_s"))
             if busy is not None:
                 stats.busy_s += busy
                 stats.capacity_s += workers * wall
