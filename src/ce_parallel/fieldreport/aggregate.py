@@ -11,8 +11,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .reader import number
-
 #: Call site of records that carry none (version 1 records, fallbacks without a known decision).
 UNLINKED = "(unlinked)"
 #: Entries the linker keeps for decision ids still waiting for their run (or decision). In a
@@ -90,10 +88,14 @@ class SiteStats:
 
 
 def _finite(value: Any) -> float | None:
-    """A number that can be summed: nan and the infinities (an estimate json_safe wrote as a
-    string) count as unknown."""
-    out = number(value)
-    return out if out is not None and math.isfinite(out) else None
+    """A number that can be summed, else None: nan and the infinities (estimates json_safe wrote
+    as strings), None, booleans and anything else count as unknown."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        return float(value)
+    return None
 
 
 def _int(value: Any, default: int = 0) -> int:
