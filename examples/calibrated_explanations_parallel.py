@@ -6,6 +6,8 @@ the only ones through which calibrated-explanations 1.0.2 hands work to an execu
 
     python examples/calibrated_explanations_parallel.py            # 200 rows, 100 trees
     python examples/calibrated_explanations_parallel.py --quick    # a few seconds
+    CE_PARALLEL_TELEMETRY=/tmp/ce.jsonl python examples/calibrated_explanations_parallel.py
+        # also appends every telemetry record to /tmp/ce.jsonl (read it: ce-parallel report)
 
 Needs the ``ce`` extra: ``pip install 'ce-parallel[ce]'``.
 """
@@ -13,6 +15,7 @@ Needs the ``ce`` extra: ``pip install 'ce-parallel[ce]'``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from typing import Any
@@ -69,11 +72,22 @@ def main(argv: list[str] | None = None) -> None:
 
     # calibrated-explanations takes some values of an explanation from the chunk of rows it is
     # explained in, so the serial reference runs the same chunks, one after another.
+    telemetry_path = os.environ.get("CE_PARALLEL_TELEMETRY") or None
     serial_executor = ParallelExecutor(
-        ParallelConfig(enabled=True, strategy="sequential", instance_chunk_size=chunk)
+        ParallelConfig(
+            enabled=True,
+            strategy="sequential",
+            instance_chunk_size=chunk,
+            telemetry_path=telemetry_path,
+        )
     )
     executor = ParallelExecutor(
-        ParallelConfig(enabled=True, strategy=args.strategy, instance_chunk_size=chunk)
+        ParallelConfig(
+            enabled=True,
+            strategy=args.strategy,
+            instance_chunk_size=chunk,
+            telemetry_path=telemetry_path,
+        )
     )
     serial = CalibratedExplainer(
         model,

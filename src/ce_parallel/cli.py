@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the ablation benchmark (ce-parallel bench --help for its options)",
         add_help=False,
     )
+    report = commands.add_parser("report", help="read telemetry files: what decisions cost")
+    report.add_argument("files", nargs="+", metavar="FILE.jsonl", help="telemetry files")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.add_argument("--plot", metavar="OUT.png", help="draw time saved/lost per call site")
     return parser
 
 
@@ -52,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench_main(args[1:])
     parsed = build_parser().parse_args(args)
+    if parsed.command == "report":
+        from .fieldreport import main as report_main
+
+        return report_main(parsed.files, as_json=parsed.json, plot_path=parsed.plot)
     if parsed.command != "doctor":
         build_parser().print_help()
         return EXIT_OK
