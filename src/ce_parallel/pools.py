@@ -215,8 +215,8 @@ class FacadePools:
             wall_time_s=wall,
             busy_time_s=wall,
             error=error,
+            serial=True,
         )
-        record["serial"] = True
         emit("run", record, callback=config.telemetry, path=config.telemetry_path)
 
     def _create(self, config: ParallelConfig, workers: int) -> Any:

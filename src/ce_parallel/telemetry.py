@@ -127,8 +127,12 @@ def run_record(
     busy_time_s: float | None,
     fallbacks: int = 0,
     error: BaseException | None = None,
+    serial: bool = False,
 ) -> dict[str, Any]:
-    """The payload of a ``run`` record: one parallel map, finished or failed.
+    """The payload of a ``run`` record: one map, finished or failed.
+
+    ``serial`` says whether the map ran serially (the facade decided so), as opposed to on a
+    pool (where fallbacks may still have re-run some of it serially).
 
     ``utilisation_pct`` is busy time / (workers x wall time), capped at 100 (None when the
     busy time is unknown, as on a caller's own executor); ``error`` is the class name of the
@@ -149,6 +153,7 @@ def run_record(
         "utilisation_pct": utilisation,
         "fallbacks": fallbacks,
         "error": None if error is None else type(error).__name__,
+        "serial": serial,
     }
 
 

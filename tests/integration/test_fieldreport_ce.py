@@ -24,7 +24,6 @@ EXAMPLE = ROOT / "examples" / "calibrated_explanations_parallel.py"
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=False, reason="needs decision ids in records")
 def test_example_telemetry_report_totals_match_the_run_records(tmp_path: Path) -> None:
     path = tmp_path / "ce.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CE_PARALLEL")}

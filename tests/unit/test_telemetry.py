@@ -165,6 +165,7 @@ def test_run_record_computes_utilisation_and_names_the_error() -> None:
         "utilisation_pct",
         "fallbacks",
         "error",
+        "serial",
     }
 
 
