@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from . import telemetry
 from .checks import check_int, check_seconds, rejected
 from .config import ParallelConfig
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ExecutorClosedError, SerializationError
 from .heuristics import CHUNKS_PER_WORKER
 from .metrics import ParallelMetrics
 from .progress import Progress
@@ -116,6 +116,10 @@ class ParallelExecutor(ABC):
         self.workers = self._effective_workers(cap if cap is not None else self.budget.count)
         self.metrics = ParallelMetrics(max_workers=self.workers)
         self._pool_lock = threading.Lock()
+        # held while a pool starts and while shutdown() marks the executor closed, so that a map
+        # racing a shutdown either starts its pool before the shutdown releases it or sees the
+        # executor closed and starts nothing; never held while user code runs
+        self._life_lock = threading.Lock()
         self._calls_lock = threading.Lock()
         self._active: set[threading.Event] = set()
         self._closed = False
@@ -210,13 +214,17 @@ class ParallelExecutor(ABC):
     def shutdown(self, cancel: bool = False) -> None:
         """Release every worker this executor started; waits for them unless ``cancel``.
 
-        After it returns no worker process, thread or pipe of ours is left, and a later ``map``
-        raises instead of starting a new pool.
+        Safe from any thread, also while maps run: those maps raise ``MapCancelledError``
+        promptly (their thread workers take no new item), a map that arrives later raises
+        ``ExecutorClosedError`` and starts nothing. Without ``cancel`` it waits for the
+        workers to finish the item they are running; with ``cancel`` it does not wait. After it
+        returns (without ``cancel``) no worker process, thread or pipe of ours is left.
         """
-        with self._calls_lock:
+        with self._life_lock, self._calls_lock:
             self._closed = True
-        if cancel:
-            self.cancel()
+            active = list(self._active)
+        for flag in active:
+            flag.set()
         self.release_pool(kill=cancel)
 
     def release_pool(self, kill: bool) -> None:  # noqa: B027 - a hook with nothing to release
@@ -247,7 +255,19 @@ class ParallelExecutor(ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} has been shut down; create a new one")
+            raise ExecutorClosedError(
+                f"this {type(self).__name__} has been shut down; create a new one"
+            )
+
+    def __reduce__(self) -> Any:
+        # An executor holds locks, a pool and its workers' state: it cannot travel to a
+        # worker. A function that closes over one (often its own map's executor) is refused
+        # here with a clear message; the pool reports the failure as a pickling error, so the
+        # map falls back like for any work that cannot be pickled.
+        raise SerializationError(
+            f"a {type(self).__name__} cannot be pickled: the function or an item sent to "
+            "workers refers to an executor (use it in the caller, or create one inside fn)"
+        )
 
     def _effective_workers(self, requested: int) -> int:
         return requested
