@@ -17,6 +17,7 @@ import os
 import stat
 import threading
 import time
+import traceback
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -77,7 +78,10 @@ def _warn_once(kind: str, sink: Any, message: str, *args: Any) -> None:
             _warned.add((kind, sink))
     elif not _first_failure(sink):
         return
-    logger.warning(message, *args, exc_info=True)
+    # the record holds text only: a handler that keeps records (a test's log capture, a
+    # memory handler) must not keep the failed callback, or its traceback's frames, alive
+    shown = tuple(a if isinstance(a, (str, int, float)) else repr(a) for a in args)
+    logger.warning(message + "\n%s", *shown, traceback.format_exc().rstrip())
 
 
 def json_safe(value: Any) -> Any:
@@ -236,7 +240,7 @@ def emit(
             _warn_once(
                 "callback",
                 callback,
-                "ce-parallel telemetry callback %r failed; it is skipped for this record",
+                "ce-parallel telemetry callback %s failed; it is skipped for this record",
                 callback,
             )
     if path:
