@@ -225,7 +225,9 @@ class ParallelExecutor(ABC):
             active = list(self._active)
         for flag in active:
             flag.set()
-        self.release_pool(kill=cancel)
+        # the running maps' work is discarded: worker processes busy with it are not waited
+        # for (a thread finishes its current item, then takes no new one)
+        self.release_pool(kill=cancel or (bool(active) and self.record.separate_processes))
 
     def release_pool(self, kill: bool) -> None:  # noqa: B027 - a hook with nothing to release
         """Release the pool and every worker it started (idempotent); ``kill`` does not wait.
