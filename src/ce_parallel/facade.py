@@ -175,6 +175,7 @@ class ParallelFacade:
         executor: Any | None,
         seconds_per_item: float | None,
     ) -> tuple[ParallelDecision, Any | None]:
+        self.config.validate()  # a field changed after construction is checked on use
         _check_count("n_instances", n_instances, 0)
         _check_count("n_features", n_features, 1)
         if bytes_hint is not None:
