@@ -178,3 +178,28 @@ def test_cancel_from_another_thread_ends_every_map_of_the_executor(
         t.join(20)
     assert not any(t.is_alive() for t in threads)
     assert len(errors) == 2 and all(isinstance(e, MapCancelledError) for e in errors), errors
+
+
+@pytest.mark.timeout(60)
+def test_a_map_after_shutdown_raises_and_starts_nothing(
+    build: Callable[..., ParallelExecutor], strategy: str
+) -> None:
+    from leakcheck import assert_no_leaks, snapshot
+
+    from ce_parallel.errors import ExecutorClosedError
+    from ce_parallel.executor import MapCall
+
+    executor = build()
+    assert executor.map(square, [1, 2, 3]) == [1, 4, 9]
+    executor.shutdown()
+    shared_client = strategy == "dask"
+    before = snapshot(ignore_sockets=shared_client)
+    with pytest.raises(ExecutorClosedError, match="shut down"):
+        executor.map(square, [1, 2])
+    # a map already past map()'s own check when shutdown() ran: shutdown() set its cancel
+    # flag; whatever the strategy, it raises and starts no pool
+    call = MapCall(square)
+    call.cancelled.set()
+    with pytest.raises((ExecutorClosedError, MapCancelledError)):
+        executor.execute(call, [1, 2], None)
+    assert_no_leaks(before, ignore_sockets=shared_client)
