@@ -110,3 +110,44 @@ def test_a_hanging_initializer_neither_holds_shutdown_nor_the_interpreter() -> N
     assert outcome.result["map_error"] == "MapCancelledError"
     assert not outcome.result["map_alive"]
     assert time.time() - started < 30.0
+
+
+STOP_AFTER_SIGNAL = """
+HOW = {how!r}
+if HOW == "sigterm":
+    def on_term(signum, frame):
+        raise SystemExit(3)
+    signal.signal(signal.SIGTERM, on_term)
+
+STARTS = []
+def short_item(x):
+    STARTS.append(time.monotonic())
+    if x == 0:
+        ready()
+    time.sleep(0.2)
+    return x
+
+ex = create_executor(ParallelConfig(enabled=True, strategy="threads", max_workers=2))
+caught = None
+try:
+    ex.map(short_item, range(200), chunksize=50)
+except BaseException as exc:
+    caught = type(exc).__name__
+ended = time.monotonic()
+time.sleep(1.5)
+done(caught=caught, started_after=sum(1 for t in STARTS if t > ended + 0.05))
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("how", "signum"), [("ctrl-c", signal.SIGINT), ("sigterm", signal.SIGTERM)]
+)
+def test_after_a_signal_thread_workers_take_no_new_item(how: str, signum: int) -> None:
+    scenario = Scenario(STOP_AFTER_SIGNAL.format(how=how))
+    scenario.wait_ready()
+    time.sleep(0.5)
+    scenario.signal_group(signum)
+    outcome = scenario.finish(timeout=40)
+    assert outcome.result["caught"] in ("KeyboardInterrupt", "SystemExit")
+    assert outcome.result["started_after"] == 0, outcome.result
