@@ -203,3 +203,22 @@ def test_a_map_after_shutdown_raises_and_starts_nothing(
     with pytest.raises((ExecutorClosedError, MapCancelledError)):
         executor.execute(call, [1, 2], None)
     assert_no_leaks(before, ignore_sockets=shared_client)
+
+
+@pytest.mark.timeout(60)
+def test_fn_can_shut_its_own_executor_down(
+    build: Callable[..., ParallelExecutor], strategy: str
+) -> None:
+    if not _in_process(strategy):
+        pytest.skip("fn is pickled to the workers: it cannot carry the executor")
+    executor = build()
+
+    def fn(x: int) -> int:
+        if x == 3:
+            executor.shutdown()
+        time.sleep(0.02)
+        return x
+
+    with pytest.raises(MapCancelledError):
+        executor.map(fn, range(40), chunksize=2)
+    assert executor.closed
