@@ -13,8 +13,10 @@ from .config import ParallelConfig
 from .errors import (
     BackendUnavailableError,
     ConfigurationError,
+    ExecutorClosedError,
     MapCancelledError,
     ParallelExecutionError,
+    RemoteError,
     SerializationError,
     WorkerCrashedError,
 )
@@ -84,6 +86,7 @@ __all__ = [
     "ConfigurationError",
     "CpuBudget",
     "DaskExecutor",
+    "ExecutorClosedError",
     "FullMatrixWarning",
     "JoblibExecutor",
     "MapCancelledError",
@@ -95,6 +98,7 @@ __all__ = [
     "ParallelMetrics",
     "PooledExecutor",
     "ProcessExecutor",
+    "RemoteError",
     "SerialExecutor",
     "SerializationError",
     "StrategyRecord",

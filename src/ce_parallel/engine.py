@@ -19,6 +19,7 @@ and record metrics and telemetry. A strategy fills in four hooks:
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from abc import abstractmethod
@@ -27,7 +28,13 @@ from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from typing import Any
 
 from . import telemetry
-from .errors import BackendUnavailableError, ParallelExecutionError, classify_failure
+from .errors import (
+    BackendUnavailableError,
+    ExecutorClosedError,
+    ParallelExecutionError,
+    SerializationError,
+    classify_failure,
+)
 from .executor import MapCall, ParallelExecutor, annotate_item_error, create_executor
 from .serial_loop import check_call
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
@@ -109,9 +116,16 @@ class PooledExecutor(ParallelExecutor):
         fallbacks = 0
         error: BaseException | None = None
         busy = 0.0
+        stop = threading.Event()
         try:
             try:
-                self.start_pool()
+                with self._life_lock:
+                    # after shutdown() nothing starts, not even a pool for a map that was
+                    # already on its way in
+                    self._check_open()
+                    self.start_pool()
+            except ExecutorClosedError:
+                raise
             except Exception as start_error:
                 fallbacks = 1
                 done = self._start_failed(start_error, call, work, seeds)
@@ -123,13 +137,18 @@ class PooledExecutor(ParallelExecutor):
             failures: dict[int, BaseException]
             try:
                 setup = self.worker_setup()
-                jobs = [self._job(call, work, seeds, a, b, setup) for a, b in chunks]
+                jobs = [self._job(call, work, seeds, a, b, setup, stop) for a, b in chunks]
                 futures = self.submit_chunks(jobs)
             except Exception as exc:
                 # the pool refused the work: nothing ran, all is unfinished
                 failures = {i: exc for i in range(len(chunks))}
             else:
-                busy, failures = self._collect(futures, chunks, outcomes, call)
+                try:
+                    busy, failures = self._collect(futures, chunks, outcomes, call)
+                finally:
+                    # every chunk this map still needs has finished: thread workers busy with
+                    # a chunk it dropped (after an error, timeout, cancel) take no new item
+                    stop.set()
             if failures:
                 fallbacks = 1
                 self._fall_back(call, work, seeds, chunks, outcomes, failures)
@@ -153,8 +172,14 @@ class PooledExecutor(ParallelExecutor):
                 ),
             )
         results: list[Any] = []
-        for part in outcomes:
-            assert part is not None  # every chunk ran, here or in the fallback
+        for (a, b), part in zip(chunks, outcomes, strict=True):
+            if part is None or len(part) != b - a:
+                # every chunk ran, here or in the fallback, and gave one result per item
+                raise ParallelExecutionError(
+                    f"strategy {self.name!r}: the chunk of items {a}..{b - 1} gave "
+                    f"{'no' if part is None else len(part)} results for {b - a} items",
+                    incomplete=range(a, b),
+                )
             results.extend(part)
         self.metrics.add(tasks_completed=len(results))
         return results
@@ -167,14 +192,18 @@ class PooledExecutor(ParallelExecutor):
         a: int,
         b: int,
         setup: WorkerSetup,
+        stop: threading.Event | None = None,
     ) -> ChunkJob:
+        pickles = self.record.pickles_work
         return ChunkJob(
             fn=call.fn,
             start=a,
             items=work[a:b],
             seeds=None if seeds is None else seeds[a:b],
             setup=setup,
-            check_pickle=self.record.pickles_work,
+            check_pickle=pickles,
+            # an event does not pickle; workers in this process check it between items
+            stop=None if pickles else stop,
         )
 
     def _start_failed(
@@ -260,8 +289,12 @@ class PooledExecutor(ParallelExecutor):
                     elif outcome.error is not None:
                         user_errors[i] = outcome
                     else:
-                        part = outcome.take_results()
                         a, b = chunks[i]
+                        try:
+                            part = outcome.take_results()
+                        except Exception as exc:
+                            failures[i] = _unreadable(exc, a, b)
+                            continue
                         if part is None or len(part) != b - a:
                             failures[i] = ParallelExecutionError(
                                 f"chunk of items {a}..{b - 1} returned "
@@ -317,7 +350,13 @@ class PooledExecutor(ParallelExecutor):
         outcomes: list[list[Any] | None],
         failures: dict[int, BaseException],
     ) -> None:
-        """The machinery lost some chunks: re-run exactly those serially, or raise."""
+        """The machinery lost some chunks: re-run exactly those serially, or raise.
+
+        Not when the map was cancelled or the executor shut down meanwhile (a pool released
+        under a running map loses its chunks too): that map raises instead.
+        """
+        check_call(call, self.name, self.metrics, 0)
+        self._check_open()
         first = failures[min(failures)]
         error_type = classify_failure(first)
         unfinished = [i for i, part in enumerate(outcomes) if part is None]
@@ -332,9 +371,12 @@ class PooledExecutor(ParallelExecutor):
             chunks=unfinished,
         )
         if not recover:
-            raise error_type(
+            error = error_type(
                 f"strategy {self.name!r} failed: {type(first).__name__}: {first}", incomplete=items
-            ) from first
+            )
+            if hasattr(first, "item_index"):
+                error.item_index = first.item_index  # type: ignore[attr-defined]
+            raise error from first
         if self.config.force_serial_on_failure:
             warnings.warn(
                 f"ce-parallel: strategy {self.name!r} failed ({type(first).__name__}: {first}); "
@@ -372,6 +414,19 @@ class PooledExecutor(ParallelExecutor):
                 stage=stage,
             ),
         )
+
+
+def _unreadable(exc: Exception, a: int, b: int) -> SerializationError:
+    """The results of items ``a .. b - 1`` pickled in the worker but cannot be rebuilt here."""
+    where = f"item {a}" if b - a == 1 else f"items {a}..{b - 1}"
+    error = SerializationError(
+        f"the results of {where} were pickled by the worker but cannot be unpickled here "
+        f"({type(exc).__name__}: {exc}); a result's __reduce__ or __setstate__ must rebuild it",
+        incomplete=range(a, b),
+    )
+    error.item_index = a  # type: ignore[attr-defined]
+    error.__cause__ = exc
+    return error
 
 
 __all__ = ["POLL_INTERVAL_S", "PooledExecutor"]

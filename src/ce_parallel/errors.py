@@ -47,7 +47,44 @@ class BackendUnavailableError(ParallelExecutionError):
 
 
 class MapCancelledError(CancelledError):
-    """A running ``map`` was stopped by ``executor.cancel()``."""
+    """A running ``map`` was stopped by ``executor.cancel()`` or ``shutdown()``."""
+
+
+class ExecutorClosedError(RuntimeError):
+    """A ``map`` reached an executor (or facade) after ``shutdown()`` / ``close()``.
+
+    Nothing was started for it: no pool, no worker, no thread.
+    """
+
+
+class RemoteError(Exception):
+    """Stands in for a user exception that could not travel back from a worker process.
+
+    Raised in place of an exception that cannot be pickled (it holds a lock, a socket, ...) or
+    cannot be rebuilt from its pickle (its ``__init__`` needs arguments it does not keep in
+    ``args``). It keeps what can travel: the original type's name (``type_name``, module
+    included), its message, the worker's traceback text and the failing item's index. It is
+    itself always picklable.
+    """
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        traceback_text: str = "",
+        item_index: int | None = None,
+    ) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        self.item_index = item_index
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            type(self),
+            (self.type_name, self.message, self.traceback_text, self.item_index),
+        )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -82,8 +119,10 @@ def classify_failure(exc: BaseException) -> type[ParallelExecutionError]:
 __all__ = [
     "BackendUnavailableError",
     "ConfigurationError",
+    "ExecutorClosedError",
     "MapCancelledError",
     "ParallelExecutionError",
+    "RemoteError",
     "SerializationError",
     "WorkerCrashedError",
     "classify_failure",

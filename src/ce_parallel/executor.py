@@ -22,7 +22,7 @@ from . import telemetry
 from .checks import check_int, check_seconds, rejected
 from .chunks import default_chunksize
 from .config import ParallelConfig
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ExecutorClosedError, SerializationError
 from .metrics import ParallelMetrics
 from .progress import Progress
 from .registry import StrategyRecord, strategy_class, strategy_records
@@ -148,6 +148,10 @@ class ParallelExecutor(ABC):
         self.workers = self._effective_workers(cap if cap is not None else self.budget.count)
         self.metrics = ParallelMetrics(max_workers=self.workers)
         self._pool_lock = threading.Lock()
+        # held while a pool starts and while shutdown() marks the executor closed, so that a map
+        # racing a shutdown either starts its pool before the shutdown releases it or sees the
+        # executor closed and starts nothing; never held while user code runs
+        self._life_lock = threading.Lock()
         self._calls_lock = threading.Lock()
         self._active: set[threading.Event] = set()
         self._closed = False
@@ -242,14 +246,20 @@ class ParallelExecutor(ABC):
     def shutdown(self, cancel: bool = False) -> None:
         """Release every worker this executor started; waits for them unless ``cancel``.
 
-        After it returns no worker process, thread or pipe of ours is left, and a later ``map``
-        raises instead of starting a new pool.
+        Safe from any thread, also while maps run: those maps raise ``MapCancelledError``
+        promptly (their thread workers take no new item), a map that arrives later raises
+        ``ExecutorClosedError`` and starts nothing. Without ``cancel`` it waits for the
+        workers to finish the item they are running; with ``cancel`` it does not wait. After it
+        returns (without ``cancel``) no worker process, thread or pipe of ours is left.
         """
-        with self._calls_lock:
+        with self._life_lock, self._calls_lock:
             self._closed = True
-        if cancel:
-            self.cancel()
-        self.release_pool(kill=cancel)
+            active = list(self._active)
+        for flag in active:
+            flag.set()
+        # the running maps' work is discarded: worker processes busy with it are not waited
+        # for (a thread finishes its current item, then takes no new one)
+        self.release_pool(kill=cancel or (bool(active) and self.record.separate_processes))
 
     def release_pool(self, kill: bool) -> None:  # noqa: B027 - a hook with nothing to release
         """Release the pool and every worker it started (idempotent); ``kill`` does not wait.
@@ -279,7 +289,19 @@ class ParallelExecutor(ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} has been shut down; create a new one")
+            raise ExecutorClosedError(
+                f"this {type(self).__name__} has been shut down; create a new one"
+            )
+
+    def __reduce__(self) -> Any:
+        # An executor holds locks, a pool and its workers' state: it cannot travel to a
+        # worker. A function that closes over one (often its own map's executor) is refused
+        # here with a clear message; the pool reports the failure as a pickling error, so the
+        # map falls back like for any work that cannot be pickled.
+        raise SerializationError(
+            f"a {type(self).__name__} cannot be pickled: the function or an item sent to "
+            "workers refers to an executor (use it in the caller, or create one inside fn)"
+        )
 
     def _effective_workers(self, requested: int) -> int:
         return requested

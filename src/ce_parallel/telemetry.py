@@ -17,8 +17,12 @@ import logging
 import math
 import os
 import socket
+import stat
 import threading
 import time
+import traceback
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,21 +65,49 @@ def linked(**fields: Any) -> Iterator[None]:
 
 _warned_lock = threading.Lock()
 _warned: set[tuple[str, Any]] = set()
-# Failed callbacks are kept alive: their warning is keyed by id(), which must not be reused by a
-# later, different callback (that one would then fail silently).
-_failed_callbacks: list[Any] = []
+# Callbacks that failed, held weakly: the warning is logged once per callback while it lives,
+# and a failed callback (and whatever it holds) is freed as soon as its owner drops it.
+_failed_callbacks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+#: Callbacks that cannot be held weakly (builtins, unhashable callables): at most this many
+#: are remembered, the oldest forgotten first (it may then warn once more).
+MAX_STRONG_FAILED_CALLBACKS = 32
+_strong_failed: OrderedDict[int, Any] = OrderedDict()
+
+
+def _first_failure(callback: Any) -> bool:
+    """Record that ``callback`` failed; True the first time (while it lives)."""
+    with _warned_lock:
+        try:
+            if callback in _failed_callbacks:
+                return False
+            _failed_callbacks[callback] = 1
+            return True
+        except TypeError:  # not weakly referenceable, or not hashable
+            pass
+        key = id(callback)
+        known = _strong_failed.get(key)
+        if known is callback:
+            return False
+        # kept alive while remembered, so that its id() is not reused by another callback
+        _strong_failed[key] = callback
+        while len(_strong_failed) > MAX_STRONG_FAILED_CALLBACKS:
+            _strong_failed.popitem(last=False)
+        return True
 
 
 def _warn_once(kind: str, sink: Any, message: str, *args: Any) -> None:
     """Log ``message`` the first time ``sink`` (a callback, or a path string) fails."""
-    key = (kind, sink if isinstance(sink, str) else id(sink))
-    with _warned_lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-        if not isinstance(sink, str):
-            _failed_callbacks.append(sink)
-    logger.warning(message, *args, exc_info=True)
+    if isinstance(sink, str):
+        with _warned_lock:
+            if (kind, sink) in _warned:
+                return
+            _warned.add((kind, sink))
+    elif not _first_failure(sink):
+        return
+    # the record holds text only: a handler that keeps records (a test's log capture, a
+    # memory handler) must not keep the failed callback, or its traceback's frames, alive
+    shown = tuple(a if isinstance(a, (str, int, float)) else repr(a) for a in args)
+    logger.warning(message + "\n%s", *shown, traceback.format_exc().rstrip())
 
 
 def json_safe(value: Any) -> Any:
@@ -93,21 +125,30 @@ def json_safe(value: Any) -> Any:
     return repr(value)
 
 
+#: How long (seconds) a file sink waits for another writer's lock before it writes anyway.
+LOCK_WAIT_S = 0.5
+
+
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
     """Append one JSON object as one line; safe when several processes append to ``path``.
 
     The line is written through a descriptor opened with ``O_APPEND`` (each write lands at the
     current end of the file) while holding an exclusive ``flock`` where the platform has one, so
     lines of concurrent writers never interleave, even when a write is split in pieces.
+
+    It never blocks a map: the file is opened with ``O_NONBLOCK`` (a FIFO without a reader
+    fails at once instead of waiting for one), anything but a regular file is refused
+    (``OSError``), and the lock is waited for at most ``LOCK_WAIT_S``.
     """
     line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"telemetry path {path!r} is not a regular file")
         if fcntl is not None:
-            # some network file systems refuse locks; O_APPEND alone still keeps each
-            # single-write line whole on a local disk, so write rather than lose the record
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock_briefly(fd)
         view = memoryview(line)
         while view:
             written = os.write(fd, view)
@@ -115,6 +156,23 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
     finally:
         # closing the descriptor releases the lock
         os.close(fd)
+
+
+def _lock_briefly(fd: int) -> None:
+    # some network file systems refuse locks, and a writer may hold one for too long; O_APPEND
+    # alone still keeps each single-write line whole on a local disk, so write rather than
+    # lose the record or wait
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
+        except OSError:
+            return
 
 
 def run_record(
@@ -216,7 +274,7 @@ def emit(
             _warn_once(
                 "callback",
                 callback,
-                "ce-parallel telemetry callback %r failed; it is skipped for this record",
+                "ce-parallel telemetry callback %s failed; it is skipped for this record",
                 callback,
             )
     if path:

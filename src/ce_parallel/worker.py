@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from operator import length_hint
 from typing import Any
 
+from .errors import RemoteError
+
 #: Set in the environment of process workers we start, so that anything they launch in turn
 #: also knows it is inside a ce-parallel worker. Deliberately not ``CE_``-prefixed: libraries
 #: such as calibrated-explanations warn about ``CE_*`` variables they do not know.
@@ -33,7 +35,10 @@ PARENT_GONE_EXIT_CODE = 70
 _local = threading.local()
 _process_worker = False
 _done_setups: set[str] = set()
+#: tokens whose process-wide part (parent watch, fork hooks, numeric caps) has run
+_process_setups: set[str] = set()
 _setup_lock = threading.Lock()
+_init_lock = threading.RLock()
 _blas_limits: list[Any] = []
 _watched_parent: int | None = None
 _hooks_done = False
@@ -83,6 +88,9 @@ class ChunkJob:
     setup: WorkerSetup | None = None
     check_pickle: bool = False
     mark_worker: bool = True
+    #: set once the map that sent this chunk has ended; checked before every item (thread
+    #: workers only: an event does not pickle)
+    stop: threading.Event | None = None
 
 
 @dataclass
@@ -135,44 +143,68 @@ def gc_paused() -> Iterator[None]:
 
 
 def pack_results(results: list[Any]) -> bytes | None:
-    """Pickle a process worker's results with the standard pickler, the collector paused.
+    """Pickle a process worker's results here, the collector paused.
 
     The pool then sends one bytes object and the parent unpickles it with the collector paused
-    too (``ChunkOutcome.take_results``). None when the standard pickler cannot take them: the
-    pool's own pickler (cloudpickle) sends them as they are.
+    too (``ChunkOutcome.take_results``), in ce-parallel's code: a result that pickles but cannot
+    be rebuilt is then a typed ``SerializationError`` naming its items, never a failure inside
+    the pool's own result handling (loky marks its whole pool broken when a result does not
+    unpickle). The standard pickler is tried first (fastest); cloudpickle takes what it cannot
+    (a class defined in ``__main__`` of the caller). None when neither can.
     """
     try:
         with gc_paused():
             return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
+        pass
+    try:
+        import cloudpickle
+
+        with gc_paused():
+            packed: bytes = cloudpickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+        return packed
+    except Exception:
         return None
 
 
-class RemoteError(Exception):
-    """Stands in for a user exception that could not be pickled back from a process worker."""
-
-
 def _ensure_setup(setup: WorkerSetup) -> None:
+    """Run ``setup`` once in this worker (thread or process).
+
+    The token is recorded only once the initializer has returned: an initializer that raised
+    is run again before the next chunk of this worker, so ``fn`` never runs without it.
+    """
     global _process_worker
     if setup.per_thread or os.getpid() == setup.caller_pid:
         done: set[str] = getattr(_local, "setups", None) or set()
         _local.setups = done
         if setup.token in done:
             return
+        if setup.initializer is not None:
+            setup.initializer(*setup.init_args)
         done.add(setup.token)
-    else:
-        with _setup_lock:
-            if setup.token in _done_setups:
-                return
-            _done_setups.add(setup.token)
+        return
+    with _setup_lock:
+        if setup.token in _done_setups:
+            return
+        first = setup.token not in _process_setups
+        _process_setups.add(setup.token)
+    if first:
+        # the process-wide part runs once, whatever the initializer does
         _process_worker = True
         if setup.watch_parent:
             watch_parent(setup.caller_pid)
         _run_fork_hooks_once()
         if setup.blas_threads is not None:
             _limit_numeric_threads(setup.blas_threads)
-    if setup.initializer is not None:
-        setup.initializer(*setup.init_args)
+    # one initializer run per process at a time (a Dask worker runs chunks on several threads);
+    # this lock lives in the worker and is never one a map waits on
+    with _init_lock:
+        if setup.token in _done_setups:
+            return
+        if setup.initializer is not None:
+            setup.initializer(*setup.init_args)
+        with _setup_lock:
+            _done_setups.add(setup.token)
 
 
 def _run_fork_hooks_once() -> None:
@@ -241,12 +273,39 @@ def _limit_numeric_threads(threads: int) -> None:
     _blas_limits.append(threadpool_limits(limits=threads))
 
 
-def _portable(exc: BaseException) -> BaseException:
+def _portable(exc: BaseException, index: int | None = None, tb: str | None = None) -> BaseException:
+    """``exc`` if the caller can rebuild it from its pickle, else a ``RemoteError`` standing in.
+
+    The round trip is tried here, in the worker: an exception that pickles but cannot be
+    unpickled (an ``__init__`` with required arguments it does not keep) would otherwise fail
+    in the caller as a raw ``TypeError``, with no item index.
+    """
+    for dumps in _dumpers():
+        try:
+            pickle.loads(dumps(exc))
+        except Exception:
+            continue
+        return exc
     try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-    return exc
+        message = str(exc)
+    except Exception:  # a __str__ that raises
+        message = f"<{type(exc).__name__} whose message cannot be shown>"
+    return RemoteError(
+        f"{type(exc).__module__}.{type(exc).__qualname__}",
+        message,
+        tb if tb is not None else _format(exc),
+        index,
+    )
+
+
+def _dumpers() -> list[Callable[[Any], bytes]]:
+    dumpers: list[Callable[[Any], bytes]] = [pickle.dumps]
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - cloudpickle is a dependency
+        return dumpers
+    dumpers.append(cloudpickle.dumps)
+    return dumpers
 
 
 def _format(exc: BaseException) -> str:
@@ -261,7 +320,10 @@ def call_with_rng(fn: Callable[..., Any], item: Any, seed: Any) -> Any:
 
 
 def run_items(
-    fn: Callable[..., Any], items: Sequence[Any], seeds: Sequence[Any] | None
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    seeds: Sequence[Any] | None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[Any], int | None, BaseException | None]:
     """Run ``fn`` over ``items`` in order; stop at the first exception.
 
@@ -269,7 +331,13 @@ def run_items(
     loop is a comprehension, not ``list(map(...))``: a ``StopIteration`` raised by ``fn`` must
     propagate as an error, not end the chunk as if its items had run out. The failing item's
     offset is read back from the iterator's remaining length.
+
+    ``stop`` (thread workers only) is checked before every item: once the map that sent the
+    chunk has ended (an error, a timeout, ``cancel()``, Ctrl-C), the worker takes no new item
+    and returns ``MapCancelledError`` at the offset of the first item it did not run.
     """
+    if stop is not None:
+        return _run_items_stoppable(fn, items, seeds, stop)
     it = iter(items)
     try:
         if seeds is None:
@@ -278,6 +346,25 @@ def run_items(
         return [call_with_rng(fn, item, seed) for item, seed in paired], None, None
     except Exception as exc:
         return [], len(items) - length_hint(it) - 1, exc
+
+
+def _run_items_stoppable(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    seeds: Sequence[Any] | None,
+    stop: threading.Event,
+) -> tuple[list[Any], int | None, BaseException | None]:
+    out: list[Any] = []
+    for offset, item in enumerate(items):
+        if stop.is_set():
+            from .errors import MapCancelledError
+
+            return out, offset, MapCancelledError("the map that sent this chunk has ended")
+        try:
+            out.append(fn(item) if seeds is None else call_with_rng(fn, item, seeds[offset]))
+        except Exception as exc:
+            return [], offset, exc
+    return out, None, None
 
 
 def _unpicklable_result(results: list[Any]) -> BaseException | None:
@@ -312,11 +399,10 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
             try:
                 _ensure_setup(job.setup)
             except Exception as init_error:
-                error = _portable(init_error) if job.check_pickle else init_error
-                return ChunkOutcome(
-                    job.start, None, 0.0, error, None, _format(init_error), os.getpid()
-                )
-        results, offset, exc = run_items(job.fn, job.items, job.seeds)
+                init_tb = _format(init_error)
+                error = _portable(init_error, None, init_tb) if job.check_pickle else init_error
+                return ChunkOutcome(job.start, None, 0.0, error, None, init_tb, os.getpid())
+        results, offset, exc = run_items(job.fn, job.items, job.seeds, job.stop)
     finally:
         _local.depth = depth
     busy = time.perf_counter() - started
@@ -344,7 +430,7 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
         )
     assert offset is not None
     remote_tb = _format(exc) if job.check_pickle else None
-    error = _portable(exc) if job.check_pickle else exc
+    error = _portable(exc, job.start + offset, remote_tb) if job.check_pickle else exc
     return ChunkOutcome(
         job.start, None, busy, error, job.start + offset, remote_tb, os.getpid(), hooks
     )

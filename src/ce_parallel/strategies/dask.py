@@ -229,9 +229,18 @@ class _Bridge:
     each task finishes (or is cancelled): no timer, no polling interval added to a map.
     """
 
-    def __init__(self, loop: Any, pairs: list[tuple[Any, Future[ChunkOutcome]]]) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        pairs: list[tuple[Any, Future[ChunkOutcome]]],
+        keep: Any = None,
+        done: Callable[[_Bridge], None] | None = None,
+    ) -> None:
         from distributed import as_completed
 
+        # keep: the map's scattered function, alive while its chunks run; done: called when
+        # the thread ends, so the executor forgets a finished map's bridge
+        self._keep, self._done = keep, done
         self._lock = threading.Lock()
         self._remaining: dict[Any, Future[ChunkOutcome]] = dict(pairs)
         self._stop = threading.Event()
@@ -266,13 +275,18 @@ class _Bridge:
         return list(left)
 
     def _run(self) -> None:
-        for dfut in self._completed:
-            if self._stop.is_set():
-                return
-            self._resolve(dfut)
-            with self._lock:
-                if not self._remaining:
-                    return  # dropped futures need not be waited for
+        try:
+            for dfut in self._completed:
+                if self._stop.is_set():
+                    return
+                self._resolve(dfut)
+                with self._lock:
+                    if not self._remaining:
+                        return  # dropped futures need not be waited for
+        finally:
+            self._keep = None
+            if self._done is not None:
+                self._done(self)
 
     def _resolve(self, dfut: Any) -> None:
         with self._lock:
@@ -312,8 +326,9 @@ class DaskExecutor(PooledExecutor):
         self._client: Any = None
         self._cluster: Any = None
         self._owns_client = False
-        self._bridge: _Bridge | None = None
-        self._shared: Any = None  # the scattered function of the current map
+        # one bridge per map in flight: maps from several threads run side by side
+        self._bridges: set[_Bridge] = set()
+        self._bridges_lock = threading.Lock()
         self._map_keys = itertools.count()
         self._plugin: str | None = None  # name of the set-up plugin registered on the cluster
 
@@ -429,7 +444,6 @@ class DaskExecutor(PooledExecutor):
 
         client = self._client
         assert client is not None
-        self._finish_bridge()
         fn = jobs[0].fn
         try:
             payload = cloudpickle.dumps(fn)
@@ -444,7 +458,6 @@ class DaskExecutor(PooledExecutor):
         try:
             if len(jobs) > 1 and len(payload) >= SCATTER_MIN_BYTES:
                 shared = client.scatter(payload, broadcast=True, hash=False)
-            self._shared = shared
             fn_arg = payload if shared is None else shared
             for job in jobs:
                 try:
@@ -467,14 +480,23 @@ class DaskExecutor(PooledExecutor):
             # A dask task cannot report when it starts; treating every chunk as running means
             # that on a user error the earlier chunks are awaited and only later ones cancelled.
             fut.set_running_or_notify_cancel()
-        self._bridge = _Bridge(client.loop, list(zip(submitted, futures, strict=True)))
+        bridge = _Bridge(
+            client.loop, list(zip(submitted, futures, strict=True)), shared, self._forget_bridge
+        )
+        with self._bridges_lock:
+            self._bridges.add(bridge)
         return futures
 
-    def _finish_bridge(self) -> None:
-        bridge, self._bridge = self._bridge, None
-        if bridge is not None:
+    def _forget_bridge(self, bridge: _Bridge) -> None:
+        with self._bridges_lock:
+            self._bridges.discard(bridge)
+
+    def _finish_bridges(self) -> None:
+        """Stop every map's bridge (the pool is being released)."""
+        with self._bridges_lock:
+            bridges, self._bridges = list(self._bridges), set()
+        for bridge in bridges:
             self._cancel(bridge.stop())
-        self._shared = None
 
     def _cancel(self, dask_futures: list[Any]) -> None:
         client = self._client
@@ -484,8 +506,9 @@ class DaskExecutor(PooledExecutor):
 
     def abort(self, pending: Iterable[Future[ChunkOutcome]], kill: bool) -> None:
         pending = list(pending)
-        bridge = self._bridge
-        if bridge is not None:
+        with self._bridges_lock:
+            bridges = list(self._bridges)
+        for bridge in bridges:
             self._cancel(bridge.drop(pending))
         for fut in pending:
             _settle(fut, fut.set_exception, BackendUnavailableError("the chunk was cancelled"))
@@ -498,7 +521,7 @@ class DaskExecutor(PooledExecutor):
     def release_pool(self, kill: bool) -> None:
         """Close what this executor started: its cluster and client, or its client only."""
         with self._pool_lock:
-            self._finish_bridge()
+            self._finish_bridges()
             client, self._client = self._client, None
             cluster, self._cluster = self._cluster, None
             owns, self._owns_client = self._owns_client, False

@@ -12,16 +12,16 @@ from ..executor import MapCall, ParallelExecutor
 class SerialExecutor(ParallelExecutor):
     """Runs every item in the calling thread, in order; the reference every strategy matches.
 
-    The calling thread is this strategy's one worker: ``worker_initializer`` runs once, before
-    the first item of the first map.
+    The calling thread is this strategy's worker: ``worker_initializer`` runs once in each thread
+    that maps on this executor, before its first item (as it runs once in each thread of a thread
+    pool), with no lock held, so an initializer may itself map on this executor.
     """
 
     name = "sequential"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._init_lock = threading.Lock()
-        self._initialized = False
+        self._initialized = threading.local()
 
     def _effective_workers(self, requested: int) -> int:
         return 1
@@ -41,11 +41,13 @@ class SerialExecutor(ParallelExecutor):
 
     def _initialize_once(self) -> None:
         initializer = self.config.worker_initializer
-        if initializer is None or self._initialized:
-            return
-        with self._init_lock:
-            if self._initialized:
-                return
-            # marked only once it has run: a failed initializer is tried again by the next map
+        state = self._initialized
+        if initializer is None or getattr(state, "done", False) or getattr(state, "running", False):
+            return  # done, or this is a map from inside the initializer itself
+        state.running = True
+        try:
             initializer(*(self.config.worker_init_args or ()))
-            self._initialized = True
+        finally:
+            state.running = False
+        # marked only once it has run: a failed initializer is tried again by the next map
+        state.done = True
