@@ -349,15 +349,15 @@ class ParallelFacade:
         if cost is None and rest and decision.reason in _MEASURING_REASONS:
             # the serial run measured what the items cost: the next map of fn decides on it
             costing.learn(fn, wall / len(rest), len(rest))
-        elif cost is not None:
+        elif cost is not None and not (decision.use_parallel and decision.start_cost_s > 0):
+            # a run checks the measurement it was predicted from; the first run of a cold pool
+            # is not typical of the pool (its start-up is measured on its own instead)
             predicted = (
                 decision.estimated_parallel_s
                 if decision.use_parallel
-                else (decision.estimated_serial_s)
+                else decision.estimated_serial_s
             )
-            costing.check_run(
-                cost, decision.strategy, len(rest), wall, predicted, decision.start_cost_s
-            )
+            costing.check_run(cost, decision.strategy, len(rest), wall, predicted)
         if not done:
             return tail
         tail[:0] = cost.head if cost is not None else []
