@@ -257,6 +257,45 @@ class ParallelExecutor(ABC):
             event, payload, callback=self.config.telemetry, path=self.config.telemetry_path
         )
 
+    # -- the ecosystem's shapes (futures.py, streaming.py) ----------------------------------
+
+    def as_executor(self) -> Any:
+        """A ``concurrent.futures.Executor`` running on this executor (``futures``)."""
+        from .futures import CeFuturesExecutor
+
+        return CeFuturesExecutor(self)
+
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Any:
+        """Yield ``fn(x)`` for each ``x`` in input order, reading ``items`` lazily
+        (``streaming.imap``)."""
+        from .streaming import imap
+
+        return imap(self, fn, items, chunksize=chunksize, timeout=timeout, progress=progress)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Any:
+        """Yield ``fn(x)`` for each ``x`` as chunks finish (``streaming.imap_unordered``)."""
+        from .streaming import imap_unordered
+
+        return imap_unordered(
+            self, fn, items, chunksize=chunksize, timeout=timeout, progress=progress
+        )
+
 
 def _capped_budget(budget: CpuBudget | None, cap: int | None) -> CpuBudget:
     if budget is None:
