@@ -292,10 +292,13 @@ class CeFuturesExecutor(Executor):
 
     def _run_here(self, job: ChunkJob, outer: Future[Any], single: bool) -> None:
         """Run the chunk in the calling thread (sequential, nested), the future completed."""
+        from .engine import PooledExecutor
+
         owner = self._executor
         call = MapCall(job.fn)
+        own_loop = not isinstance(owner, PooledExecutor) and not owner.record.chooses
         try:
-            if job.start == 0 and not owner.record.chooses:
+            if job.start == 0 and own_loop:
                 # the strategy's own execute: its once-per-worker initializer runs as for map
                 results = owner.execute(call, list(job.items), None)
             else:

@@ -11,8 +11,10 @@ they run in the calling thread:
   calling thread (``Target.executor is None``);
 * a strategy that ``chooses`` per map (``auto``) has nothing to measure when items arrive one
   at a time: it hands them to a ``threads`` executor of the same configuration (any function
-  runs there, nothing is pickled, and it starts in about a millisecond), owned by the caller
-  of ``resolve_target`` and shut down with it.
+  runs there, nothing is pickled, and it starts in about a millisecond). That is the chooser's
+  own executor for ``threads`` (``executor_for(name)``), released by the chooser's
+  ``shutdown()``; a chooser without one gets a new executor, owned by the caller of
+  ``resolve_target`` and shut down with it.
 """
 
 from __future__ import annotations
@@ -124,12 +126,18 @@ def resolve_target(executor: ParallelExecutor, items: int = 0) -> Target:
     current: ParallelExecutor = executor
     owned = False
     if executor.record.chooses:
-        current = create_executor(
-            executor.config.replace(strategy=CHOOSER_DELEGATE),
-            max_workers=executor.workers,
-            resources=executor.resources,
-        )
-        owned = True
+        # auto keeps one executor per strategy it hands work to and releases them with its own
+        # shutdown(): use that one, so nothing outlives the executor the caller shuts down
+        keeper = getattr(executor, "executor_for", None) or getattr(executor, "_executor", None)
+        if callable(keeper):
+            current = keeper(CHOOSER_DELEGATE)
+        else:
+            current = create_executor(
+                executor.config.replace(strategy=CHOOSER_DELEGATE),
+                max_workers=executor.workers,
+                resources=executor.resources,
+            )
+            owned = True
     while isinstance(current, PooledExecutor):
         try:
             current.start_pool()

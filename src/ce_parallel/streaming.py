@@ -160,31 +160,42 @@ def serial_stream(
     offset: int = 0,
     first_via_execute: bool = False,
 ) -> Iterator[Any]:
-    """The serial loop, lazily: blocks of items sized to take about ``SERIAL_BLOCK_TARGET_S``.
+    """The serial loop, lazily: each result is yielded as soon as it is computed.
 
-    The first block is one item, so the first result comes after reading one item. Indices of
-    user errors count from ``offset``.
+    Items are read in blocks sized to take about ``SERIAL_BLOCK_TARGET_S`` (the first is one
+    item); cancel and deadline are checked between blocks. A user error propagates with its
+    index (counted from ``offset``) after every result before it has been yielded.
     """
+    fn, bar = call.fn, call.bar
     pos, block = offset, 1
-    if not first_via_execute:
-        owner.metrics.add(maps=1)
+    owner.metrics.add(maps=0 if first_via_execute else 1)
     while True:
         check_call(call, owner.name, owner.metrics, pos - offset)
         items = list(islice(it, block))
         if not items:
             return
-        tick = time.perf_counter()
         if first_via_execute and pos == 0:
-            part = owner.execute(call, items, None)
-        else:
-            owner.metrics.add(tasks_submitted=len(items))
-            part = owner.run_serially(call, items, None, offset=pos)
-            owner.metrics.add(tasks_completed=len(part))
+            # the strategy's own execute runs the first item: its initializer runs as for map
+            yield from owner.execute(call, items, None)
+            pos += len(items)
+            continue
+        owner.metrics.add(tasks_submitted=len(items))
+        tick = time.perf_counter()
+        for k, item in enumerate(items):
+            try:
+                value = fn(item)
+            except Exception as exc:
+                owner.metrics.add(failures=1)
+                annotate_item_error(exc, pos + k, owner.name, None)
+                raise
+            yield value
         took = time.perf_counter() - tick
+        owner.metrics.add(tasks_completed=len(items))
+        if bar is not None:
+            bar.update(len(items))
         pos += len(items)
         grown = int(SERIAL_BLOCK_TARGET_S * len(items) / took) if took > 0 else 2 * block
         block = max(1, min(grown, STREAM_MAX_CHUNK_ITEMS))
-        yield from part
 
 
 class _PooledStream:
