@@ -315,9 +315,24 @@ def create_executor(
     *,
     max_workers: int | None = None,
     resources: Resources | None = None,
+    n_jobs: int | None = None,
 ) -> ParallelExecutor:
-    """Return the executor that ``config.strategy`` names, as the registry records it."""
+    """Return the executor that ``config.strategy`` names, as the registry records it.
+
+    ``n_jobs`` is the worker count as joblib spells it (``-1`` all of the CPU budget, ``-2``
+    all but one, ``None`` the default; ``0`` is an error), an alternative to ``max_workers``.
+    """
     cfg = (config if config is not None else ParallelConfig()).validate()
+    if n_jobs is not None:
+        from .njobs import resolve_n_jobs
+
+        if max_workers is not None:
+            raise ConfigurationError(
+                f"create_executor(max_workers={max_workers!r}, n_jobs={n_jobs!r}): give one of "
+                "them, not both"
+            )
+        budget = resources.budget if resources is not None else cpu_budget()
+        max_workers = resolve_n_jobs(n_jobs, budget.count)
     cls = strategy_class(cfg.strategy)
     executor: ParallelExecutor = cls(cfg, max_workers=max_workers, resources=resources)
     return executor
