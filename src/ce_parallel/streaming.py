@@ -159,6 +159,7 @@ def serial_stream(
     *,
     offset: int = 0,
     first_via_execute: bool = False,
+    count_map: bool = True,
 ) -> Iterator[Any]:
     """The serial loop, lazily: each result is yielded as soon as it is computed.
 
@@ -168,7 +169,8 @@ def serial_stream(
     """
     fn, bar = call.fn, call.bar
     pos, block = offset, 1
-    owner.metrics.add(maps=0 if first_via_execute else 1)
+    if count_map and not first_via_execute:
+        owner.metrics.add(maps=1)
     while True:
         check_call(call, owner.name, owner.metrics, pos - offset)
         items = list(islice(it, block))
@@ -252,7 +254,10 @@ class _PooledStream:
                     if self.degraded:
                         # the pool failed once: the rest of the input runs here
                         ex.release_pool(kill=True)
-                        for value in serial_stream(ex, call, self.it, offset=self.read):
+                        for value in serial_stream(
+                            ex, call, self.it, offset=self.read, count_map=False
+                        ):
+                            self.read += 1
                             self.yielded += 1
                             yield value
                         return
