@@ -13,7 +13,7 @@ import pytest
 from leakcheck import assert_no_leaks, snapshot
 from workfns import boom_at, log_item, sleep_then_return, square
 
-from ce_parallel import ParallelExecutor
+from ce_parallel import MapCancelledError, ParallelExecutor
 
 
 def _logged(path: Path) -> list[int]:
@@ -113,9 +113,9 @@ def test_early_stop_cancels_the_rest_and_leaves_nothing_behind(
     build: Callable[..., ParallelExecutor], strategy: str, tmp_path: Path, how: str
 ) -> None:
     shared_client = strategy == "dask"
+    ex = build()  # starts nothing yet (on dask: connects the suite's shared cluster first)
     before = snapshot(ignore_sockets=shared_client)
     log = tmp_path / "calls.log"
-    ex = build()
     try:
         items = ((str(log), i, -1) for i in range(100_000))
         stream = ex.imap(log_item, items, chunksize=2)
@@ -235,3 +235,18 @@ def test_asyncio_run_in_executor(executor: ParallelExecutor) -> None:
 
     with executor.as_executor() as pool:
         assert asyncio.run(main(pool)) == [i * i for i in range(8)]
+
+
+def test_cancel_stops_a_running_stream(executor: ParallelExecutor) -> None:
+    stream = executor.imap(sleep_then_return, ((i, 0.02) for i in range(100_000)), chunksize=1)
+    assert next(stream) == 0
+    executor.cancel()
+    with pytest.raises(MapCancelledError):
+        list(stream)
+    assert list(executor.imap(square, [3])) == [9]  # only that stream was cancelled
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["imap", "imap_unordered"])
+def test_stream_with_progress_counts_every_item(executor: ParallelExecutor, ordered: bool) -> None:
+    stream = executor.imap if ordered else executor.imap_unordered
+    assert sorted(stream(square, range(300), progress=True)) == [i * i for i in range(300)]

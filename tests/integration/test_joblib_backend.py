@@ -46,11 +46,21 @@ def records() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     shutdown_pools()
 
 
+def _shutdown_joblibs_own_workers() -> None:
+    # the reference runs use joblib's process-wide loky executor; later tests expect a fresh one
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
 @pytest.fixture(autouse=True)
 def _release_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("CE_PARALLEL", raising=False)
     yield
     shutdown_pools()
+    _shutdown_joblibs_own_workers()
 
 
 def _backend(records: list[tuple[str, dict[str, Any]]], **params: Any) -> Any:
