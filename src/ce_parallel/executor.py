@@ -15,9 +15,9 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import telemetry
 from .checks import check_int, check_seconds, rejected
@@ -30,6 +30,9 @@ from .registry import StrategyRecord, strategy_class, strategy_records
 from .resources import CpuBudget, Resources, cpu_budget
 from .serial_loop import run_serially
 from .worker import in_worker
+
+if TYPE_CHECKING:
+    from .futures import CeFuturesExecutor
 
 
 def annotate_item_error(
@@ -259,7 +262,7 @@ class ParallelExecutor(ABC):
 
     # -- the ecosystem's shapes (futures.py, streaming.py) ----------------------------------
 
-    def as_executor(self) -> Any:
+    def as_executor(self) -> CeFuturesExecutor:
         """A ``concurrent.futures.Executor`` running on this executor (``futures``)."""
         from .futures import CeFuturesExecutor
 
@@ -273,7 +276,7 @@ class ParallelExecutor(ABC):
         chunksize: int | None = None,
         timeout: float | None = None,
         progress: bool = False,
-    ) -> Any:
+    ) -> Iterator[Any]:
         """Yield ``fn(x)`` for each ``x`` in input order, reading ``items`` lazily
         (``streaming.imap``)."""
         from .streaming import imap
@@ -288,7 +291,7 @@ class ParallelExecutor(ABC):
         chunksize: int | None = None,
         timeout: float | None = None,
         progress: bool = False,
-    ) -> Any:
+    ) -> Iterator[Any]:
         """Yield ``fn(x)`` for each ``x`` as chunks finish (``streaming.imap_unordered``)."""
         from .streaming import imap_unordered
 
