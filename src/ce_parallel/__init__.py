@@ -47,6 +47,9 @@ _LAZY: dict[str, str] = {
     "WorkloadProfile": ".selection",
     "select_strategy": ".selection",
     "in_worker": ".worker",
+    "CeFuturesExecutor": ".futures",
+    "foreign_worker": ".nesting",
+    "resolve_n_jobs": ".njobs",
 }
 
 if TYPE_CHECKING:
@@ -55,7 +58,10 @@ if TYPE_CHECKING:
     from .executor import ParallelExecutor, create_executor
     from .facade import ParallelFacade
     from .forksafety import register_fork_hook
+    from .futures import CeFuturesExecutor
     from .metrics import ParallelMetrics
+    from .nesting import foreign_worker
+    from .njobs import resolve_n_jobs
     from .pools import release_shared_pools
     from .registry import StrategyRecord, register_strategy, strategy_names
     from .resources import CpuBudget, cpu_budget
@@ -83,6 +89,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BackendUnavailableError",
+    "CeFuturesExecutor",
     "ConfigurationError",
     "CpuBudget",
     "DaskExecutor",
@@ -108,10 +115,12 @@ __all__ = [
     "__version__",
     "cpu_budget",
     "create_executor",
+    "foreign_worker",
     "in_worker",
     "register_fork_hook",
     "register_strategy",
     "release_shared_pools",
+    "resolve_n_jobs",
     "select_strategy",
     "strategy_names",
 ]

@@ -14,9 +14,9 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import telemetry
 from .checks import check_int, check_seconds, rejected
@@ -29,6 +29,9 @@ from .registry import StrategyRecord, strategy_class, strategy_records
 from .resources import CpuBudget, Resources, cpu_budget
 from .serial_loop import run_serially
 from .worker import in_worker
+
+if TYPE_CHECKING:
+    from .futures import CeFuturesExecutor
 
 
 def annotate_item_error(
@@ -311,6 +314,45 @@ class ParallelExecutor(ABC):
             event, payload, callback=self.config.telemetry, path=self.config.telemetry_path
         )
 
+    # -- the ecosystem's shapes (futures.py, streaming.py) ----------------------------------
+
+    def as_executor(self) -> CeFuturesExecutor:
+        """A ``concurrent.futures.Executor`` running on this executor (``futures``)."""
+        from .futures import CeFuturesExecutor
+
+        return CeFuturesExecutor(self)
+
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Yield ``fn(x)`` for each ``x`` in input order, reading ``items`` lazily
+        (``streaming.imap``)."""
+        from .streaming import imap
+
+        return imap(self, fn, items, chunksize=chunksize, timeout=timeout, progress=progress)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., Any],
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Yield ``fn(x)`` for each ``x`` as chunks finish (``streaming.imap_unordered``)."""
+        from .streaming import imap_unordered
+
+        return imap_unordered(
+            self, fn, items, chunksize=chunksize, timeout=timeout, progress=progress
+        )
+
 
 def _capped_budget(budget: CpuBudget | None, cap: int | None) -> CpuBudget:
     if budget is None:
@@ -325,9 +367,24 @@ def create_executor(
     *,
     max_workers: int | None = None,
     resources: Resources | None = None,
+    n_jobs: int | None = None,
 ) -> ParallelExecutor:
-    """Return the executor that ``config.strategy`` names, as the registry records it."""
+    """Return the executor that ``config.strategy`` names, as the registry records it.
+
+    ``n_jobs`` is the worker count as joblib spells it (``-1`` all of the CPU budget, ``-2``
+    all but one, ``None`` the default; ``0`` is an error), an alternative to ``max_workers``.
+    """
     cfg = (config if config is not None else ParallelConfig()).validate()
+    if n_jobs is not None:
+        from .njobs import resolve_n_jobs
+
+        if max_workers is not None:
+            raise ConfigurationError(
+                f"create_executor(max_workers={max_workers!r}, n_jobs={n_jobs!r}): give one of "
+                "them, not both"
+            )
+        budget = resources.budget if resources is not None else cpu_budget()
+        max_workers = resolve_n_jobs(n_jobs, budget.count)
     cls = strategy_class(cfg.strategy)
     executor: ParallelExecutor = cls(cfg, max_workers=max_workers, resources=resources)
     return executor
