@@ -56,6 +56,7 @@ def accepted_tokens_text() -> str:
         f"{'|'.join(sorted(OFF_WORDS))}, {'|'.join(sorted(ON_WORDS))}, "
         + "|".join(strategy_names())
         + ", workers=N, min_batch=N, min_instances=N, tiny=N, instance_chunk=N (N >= 1), "
+        "n_jobs=N (N != 0; -1: all of the CPU budget), "
         "task_bytes=N (N >= 0), timeout=S (S > 0), fallback=serial|raise"
     )
 
@@ -91,6 +92,7 @@ class ParallelConfig:
     fallback: FallbackMode = "serial"
     telemetry_path: str | None = None
     dask_address: str | None = None
+    n_jobs: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -136,6 +138,16 @@ class ParallelConfig:
             self.worker_init_args = tuple(self.worker_init_args)
         check_bool(_field("full_matrix"), self.full_matrix)
         check_seconds(_field("timeout"), self.timeout)
+        if self.n_jobs is not None:
+            from .njobs import resolve_n_jobs
+
+            resolve_n_jobs(self.n_jobs, 1, setting=_field("n_jobs"))
+            if self.max_workers is not None:
+                raise rejected(
+                    _field("n_jobs"),
+                    self.n_jobs,
+                    f"None when max_workers={self.max_workers!r} is set (give one of the two)",
+                )
         if self.fallback not in FALLBACK_MODES:
             raise rejected(_field("fallback"), self.fallback, "'serial' or 'raise'")
         for name in ("telemetry_path", "dask_address"):
@@ -144,6 +156,17 @@ class ParallelConfig:
                 raise rejected(_field(name), value, "a string or None")
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
+
+    def explicit_workers(self, budget: int) -> int | None:
+        """The worker count the user asked for (``max_workers``, or ``n_jobs`` as joblib spells
+        it, resolved on a CPU budget of ``budget``); None: the budget decides."""
+        if self.max_workers is not None:
+            return self.max_workers
+        if self.n_jobs is None:
+            return None
+        from .njobs import resolve_n_jobs
+
+        return resolve_n_jobs(self.n_jobs, budget, setting=_field("n_jobs"))
 
     @property
     def fallback_to_serial(self) -> bool:
@@ -253,6 +276,14 @@ def _parse_keyed(token: str, key: str, value: str) -> dict[str, Any]:
         if number < minimum:
             raise _env_error(token, f"must be >= {minimum}")
         return {field: number}
+    if key == "n_jobs":
+        try:
+            count = int(value)
+        except ValueError:
+            raise _env_error(token, "not a whole number") from None
+        if count == 0:
+            raise _env_error(token, "n_jobs=0 has no meaning; -1 is all of the CPU budget")
+        return {"n_jobs": count}
     if key == "timeout":
         try:
             seconds = float(value)

@@ -10,6 +10,7 @@ are its workers child processes) come from its registry record, never from a lis
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -143,7 +144,13 @@ class ParallelExecutor(ABC):
         self.config = (config if config is not None else ParallelConfig()).validate()
         #: What the registry says about this strategy (``pickles_work``, ``separate_processes``).
         self.record: StrategyRecord = strategy_records().get(self.name) or _unregistered(self.name)
-        cap = max_workers if max_workers is not None else self.config.max_workers
+        if max_workers is not None:
+            cap: int | None = max_workers
+        elif self.config.n_jobs is not None:
+            machine = resources.budget if resources else cpu_budget()
+            cap = self.config.explicit_workers(machine.count)
+        else:
+            cap = self.config.max_workers
         self.budget = _capped_budget(resources.budget if resources else None, cap)
         self.resources = resources
         # an explicit count is honoured even above the budget (I/O-bound work wants more
@@ -194,20 +201,33 @@ class ParallelExecutor(ABC):
         seeds = spawn_seeds(seed, len(work)) if seed is not None else None
         bar = Progress(len(work), f"ce-parallel {self.name}") if progress else None
         call = MapCall(fn, chunksize, limit, deadline, bar)
-        with self._calls_lock:
-            self._check_open()
-            self._active.add(call.cancelled)
         try:
-            if in_worker() and self.workers > 1:
-                # inside one of our workers: no pool in a pool, and never wait for ourselves
-                self._emit("nested", {"items": len(work), "reason": "nested_worker"})
-                return self.run_serially(call, work, seeds)
-            return self.execute(call, work, seeds)
+            with self.tracking(call.cancelled):
+                if in_worker() and self.workers > 1:
+                    # inside one of our workers: no pool in a pool, never wait for ourselves
+                    self._emit("nested", {"items": len(work), "reason": "nested_worker"})
+                    return self.run_serially(call, work, seeds)
+                return self.execute(call, work, seeds)
         finally:
-            with self._calls_lock:
-                self._active.discard(call.cancelled)
             if bar is not None:
                 bar.close()
+
+    @contextlib.contextmanager
+    def tracking(self, cancelled: threading.Event) -> Iterator[None]:
+        """Count a running call (its cancel flag) as this executor's while the block runs.
+
+        ``cancel()`` and ``shutdown()`` set the flag of every call being tracked; a shut-down
+        executor refuses to track a new one. ``map`` tracks its own calls; streams and futures
+        views track theirs with it.
+        """
+        with self._calls_lock:
+            self._check_open()
+            self._active.add(cancelled)
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self._active.discard(cancelled)
 
     @abstractmethod
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:

@@ -203,7 +203,7 @@ class ParallelFacade:
             executor_type = type_name(chosen)
         if self._gated(requested):
             self._warn_full_matrix(requested)
-        nested = "ce-parallel worker" if (in_worker() or self._env_in_worker) else None
+        nested = _nested_in(self._env_in_worker)
         measurement = None if cost is None else cost.measurement
         target = heuristics.FULL_MATRIX_SUBSTITUTE if self._gated(requested) else requested
         observed = None if measurement is None else measurement.observed_for(target)
@@ -406,7 +406,7 @@ class ParallelFacade:
             and config.strategy != "sequential"
             and config.worker_initializer is None
             and not self._operator_off
-            and not (in_worker() or self._env_in_worker)
+            and _nested_in(self._env_in_worker) is None
             and self.resources.budget.count >= 2
             and not (self.resources.ci and not self._operator_forced)
         )
@@ -438,6 +438,15 @@ class ParallelFacade:
             f"ParallelFacade(enabled={self.config.enabled}, strategy={self.config.strategy!r}, "
             f"full_matrix={self.config.full_matrix}, cpu_budget={self.resources.budget.count})"
         )
+
+
+def _nested_in(env_says_worker: bool) -> str | None:
+    """The kind of worker this call runs inside, if any: ours, or another library's."""
+    if in_worker() or env_says_worker:
+        return "ce-parallel"
+    from .nesting import foreign_worker
+
+    return foreign_worker()
 
 
 def _stamped(decision: ParallelDecision, site: str) -> ParallelDecision:

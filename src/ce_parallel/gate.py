@@ -50,7 +50,7 @@ def _operator_off(w: Weighing) -> str | None:
 def _nested(w: Weighing) -> str | None:
     if w.question.nested is None:
         return None
-    return f"called inside a worker ({w.question.nested}): no pool in a pool"
+    return f"called inside a {w.question.nested} worker: no pool in a pool"
 
 
 def _executor_disabled(w: Weighing) -> str | None:

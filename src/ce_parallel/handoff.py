@@ -19,8 +19,6 @@ they run in the calling thread:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +126,7 @@ def resolve_target(executor: ParallelExecutor, items: int = 0) -> Target:
     if executor.record.chooses:
         # auto keeps one executor per strategy it hands work to and releases them with its own
         # shutdown(): use that one, so nothing outlives the executor the caller shuts down
-        keeper = getattr(executor, "executor_for", None) or getattr(executor, "_executor", None)
+        keeper = getattr(executor, "executor_for", None)
         if callable(keeper):
             current = keeper(CHOOSER_DELEGATE)
         else:
@@ -174,20 +172,10 @@ def resolve_target(executor: ParallelExecutor, items: int = 0) -> Target:
     return Target(None)
 
 
-@contextlib.contextmanager
-def tracked(executor: ParallelExecutor, flag: threading.Event) -> Iterator[None]:
+def tracked(executor: ParallelExecutor, flag: threading.Event) -> Any:
     """Register a call's cancel flag with ``executor`` while it runs, as ``map`` does, so that
     ``cancel()`` and ``shutdown(cancel=True)`` reach it; refuses a shut-down executor."""
-    # The executor keeps its running calls' flags in ``_active`` under ``_calls_lock``; this is
-    # the one place outside executor.py that touches them.
-    with executor._calls_lock:
-        check_open(executor)
-        executor._active.add(flag)
-    try:
-        yield
-    finally:
-        with executor._calls_lock:
-            executor._active.discard(flag)
+    return executor.tracking(flag)
 
 
 def check_open(executor: ParallelExecutor) -> None:

@@ -119,11 +119,12 @@ def weigh(question: Question, ground: Ground) -> Weighing:
 
     budget, limited_by = resources.budget.count, resources.budget.limited_by
     workers = budget
-    if config.max_workers is not None:
+    explicit = config.explicit_workers(budget)
+    if explicit is not None:
         # an explicit count is honoured, above the budget too (I/O-bound work)
-        workers = config.max_workers
-        if config.max_workers < budget:
-            budget, limited_by = config.max_workers, "max_workers"
+        workers = explicit
+        if explicit < budget:
+            budget, limited_by = explicit, "max_workers" if config.max_workers else "n_jobs"
     if question.executor_type is not None and not gated and question.executor_workers:
         workers = question.executor_workers
 

@@ -36,3 +36,22 @@ def test_an_explicit_worker_count_is_honoured_above_the_budget() -> None:
         assert ex.budget.count == 2
     with create_executor(config.replace(max_workers=1), resources=two) as ex:
         assert ex.workers == 1 and ex.budget.limited_by == "max_workers"
+
+
+def test_n_jobs_is_accepted_as_joblib_spells_it_wherever_max_workers_is() -> None:
+    from ce_parallel import ConfigurationError, ParallelFacade
+
+    four = Resources(budget=CpuBudget(4, "affinity", {"affinity": 4}))
+    for n_jobs, workers in ((-1, 4), (-2, 3), (2, 2), (6, 6)):
+        config = ParallelConfig(enabled=True, strategy="threads", n_jobs=n_jobs)
+        with create_executor(config, resources=four) as ex:
+            assert ex.workers == workers
+        facade = ParallelFacade(config, resources=four, environ={})
+        assert facade.decide_use_parallel(1000, seconds_per_item=1.0).workers == workers
+    with pytest.raises(ConfigurationError, match="n_jobs=0"):
+        ParallelConfig(n_jobs=0)
+    with pytest.raises(ConfigurationError, match="give one of the two"):
+        ParallelConfig(n_jobs=2, max_workers=2)
+    assert ParallelConfig.from_env(environ={"CE_PARALLEL": "threads,n_jobs=-1"}).n_jobs == -1
+    with pytest.raises(ConfigurationError, match="n_jobs=0"):
+        ParallelConfig.from_env(environ={"CE_PARALLEL": "n_jobs=0"})

@@ -102,7 +102,7 @@ def test_the_kill_switch_and_nesting_come_first_on_every_door() -> None:
     for door in ("facade", "executor"):
         off = decide(question, ground(operator_off=True, front_door=door))
         assert off.reason == "operator_off"
-    nested = Question(**{**question.__dict__, "nested": "ce-parallel worker"})
+    nested = Question(**{**question.__dict__, "nested": "ce-parallel"})
     assert decide(nested, ground()).reason == "nested_worker"
 
 
@@ -231,3 +231,21 @@ def _total(a: Any) -> float:
 
 def _offset_total(a: Any, i: int) -> float:
     return float(a[i])
+
+
+def _decide_inside_a_worker(_: int) -> tuple[str, str | None]:
+    d = ParallelFacade(THREADS, environ={}).decide_use_parallel(10_000, seconds_per_item=1.0)
+    return d.reason, d.nested
+
+
+@pytest.mark.timeout(60)
+def test_a_decision_inside_another_librarys_process_worker_is_nested() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1) as pool:
+        assert pool.submit(_decide_inside_a_worker, 0).result() == (
+            "nested_worker",
+            "process-pool",
+        )
+    # and outside any worker the same question runs in parallel
+    assert _decide_inside_a_worker(0) == ("enabled", None)

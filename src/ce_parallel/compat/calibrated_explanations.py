@@ -144,8 +144,9 @@ class ParallelConfig:
 #: calibrated-explanations' own fields, which ``ce_parallel.ParallelConfig`` does not have.
 _CE_ONLY_FIELDS = frozenset({"feature_chunk_size", "granularity"})
 #: ce-parallel's fields that calibrated-explanations' config does not carry: the facade's
-#: full-matrix gate is the operator's (``CE_PARALLEL_FULL``), not the explainer's.
-_CORE_ONLY_FIELDS = frozenset({"full_matrix"})
+#: full-matrix gate is the operator's (``CE_PARALLEL_FULL``), not the explainer's, and
+#: ``max_workers`` is its worker count (``n_jobs`` is joblib's spelling of it).
+_CORE_ONLY_FIELDS = frozenset({"full_matrix", "n_jobs"})
 
 
 def shared_fields() -> tuple[str, ...]:

@@ -100,8 +100,9 @@ class AutoExecutor(ParallelExecutor):
 
     # -- the selection ----------------------------------------------------------------------
 
-    def _executor(self, strategy: str) -> ParallelExecutor:
-        """The executor of ``strategy`` this one hands work to (created once, then reused)."""
+    def executor_for(self, strategy: str) -> ParallelExecutor:
+        """The executor of ``strategy`` this one hands work to (created once, then reused, and
+        shut down with this one)."""
         with self._pool_lock:
             executor = self._executors.get(strategy)
             if executor is None:
@@ -122,7 +123,7 @@ class AutoExecutor(ParallelExecutor):
     def _warm_in_background(self, strategy: str) -> _Warmup:
         warmup = self._warmups.get(strategy)
         if warmup is None or warmup.error is not None:
-            warmup = _Warmup(self._executor(strategy))
+            warmup = _Warmup(self.executor_for(strategy))
             self._warmups[strategy] = warmup
         return warmup
 
@@ -262,7 +263,7 @@ class AutoExecutor(ParallelExecutor):
             holds_gil=None if measured is None else measured.holds_gil,
             requested=selection.strategy,
             warm=selection.strategy in self._warm_pools(),
-            nested="ce-parallel worker" if in_worker() else None,
+            nested=_nested_in(),
             cost_verdict=selection.reason if selection.strategy == "sequential" else None,
         )
         decision = decide(question, self._ground)
@@ -298,7 +299,7 @@ class AutoExecutor(ParallelExecutor):
                 return head
         try:
             # the chosen executor watches this call's own cancel flag and deadline
-            return head + self._executor(strategy).execute(call, rest, seeds)
+            return head + self.executor_for(strategy).execute(call, rest, seeds)
         except BaseException as exc:
             shift_item_index(exc, offset, strategy)
             raise
@@ -314,6 +315,14 @@ class AutoExecutor(ParallelExecutor):
             executors, self._executors = dict(self._executors), {}
         for executor in executors.values():
             executor.shutdown(cancel=kill)
+
+
+def _nested_in() -> str | None:
+    if in_worker():
+        return "ce-parallel"
+    from ..nesting import foreign_worker
+
+    return foreign_worker()
 
 
 def _min_parallel_work() -> float:
