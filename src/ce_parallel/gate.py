@@ -53,6 +53,11 @@ def _nested(w: Weighing) -> str | None:
     return f"called inside a {w.question.nested} worker: no pool in a pool"
 
 
+def _library_serial(w: Weighing) -> str | None:
+    detail = w.question.library_serial
+    return None if detail is None else f"{detail} asks for serial work"
+
+
 def _executor_disabled(w: Weighing) -> str | None:
     q = w.question
     if q.executor_type is None or q.executor_enabled:
@@ -134,6 +139,12 @@ def _no_clear_gain(w: Weighing) -> str | None:
 RULES: tuple[Rule, ...] = (
     Rule("operator_off", ("facade", "executor"), _operator_off, "CE_PARALLEL=off"),
     Rule("nested_worker", ("facade", "executor"), _nested, "inside a worker: no pool in a pool"),
+    Rule(
+        "library_config",
+        ("facade", "executor"),
+        _library_serial,
+        "another library's own setting (joblib.parallel_config(n_jobs=1)) asks for serial work",
+    ),
     Rule("executor_disabled", ("facade",), _executor_disabled, "the given executor is off"),
     Rule("disabled", ("facade",), _disabled, "the config is not enabled or names sequential"),
     Rule("no_cpu_budget", ("facade", "executor"), _no_budget, "fewer than 2 workers"),

@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from joblib import register_parallel_backend
@@ -55,6 +54,7 @@ from .config import ParallelConfig, operator_switch
 from .decision import ParallelDecision
 from .executor import ParallelExecutor, create_executor
 from .futures import CeFuturesExecutor
+from .joblib_config import JoblibSettings, joblib_settings
 from .nesting import foreign_worker
 from .njobs import resolve_n_jobs
 from .resources import cpu_budget, default_start_method, detect_ci
@@ -98,45 +98,6 @@ atexit.register(shutdown_pools)
 def _run_batch(batch: Callable[[], Any]) -> Any:
     """Run one joblib batch of calls (a ``BatchedCalls``) in a worker."""
     return batch()
-
-
-@dataclass(frozen=True)
-class JoblibSettings:
-    """What an active ``joblib.parallel_config`` asks of a ce-parallel strategy.
-
-    ``strategy`` is ``"sequential"`` (``n_jobs=1``, ``backend="sequential"``), ``"threads"``
-    (a thread-based backend such as ``"threading"``) or None (keep the strategy); ``workers``
-    the count its ``n_jobs`` asks for on the budget (None: not set); ``detail`` says why, for
-    the decision record.
-    """
-
-    strategy: str | None
-    workers: int | None
-    detail: str
-
-
-def joblib_settings(budget: int | None = None) -> JoblibSettings:
-    """Read the active ``joblib.parallel_config`` (or ``parallel_backend``) of this thread.
-
-    Outside any such context the answer is ``JoblibSettings(None, None, "")``. ``budget``
-    (default: ``cpu_budget().count``) resolves ``n_jobs=-1`` and friends.
-    """
-    from joblib.parallel import get_active_backend
-
-    backend, n_jobs = get_active_backend()
-    count = cpu_budget().count if budget is None else budget
-    workers = resolve_n_jobs(n_jobs, count, setting="joblib.parallel_config(n_jobs)")
-    kind = type(backend).__name__
-    if isinstance(backend, SequentialBackend):
-        return JoblibSettings("sequential", 1, f"joblib.parallel_config(backend=...) is {kind}")
-    if workers == 1:
-        return JoblibSettings("sequential", 1, f"joblib.parallel_config(n_jobs={n_jobs})")
-    if getattr(backend, "uses_threads", False) and not isinstance(backend, CeParallelBackend):
-        return JoblibSettings(
-            THREAD_STRATEGY, workers, f"joblib.parallel_config(backend=...) is {kind} (threads)"
-        )
-    detail = "" if n_jobs is None else f"joblib.parallel_config(n_jobs={n_jobs})"
-    return JoblibSettings(None, workers, detail)
 
 
 class CeParallelBackend(ParallelBackendBase):

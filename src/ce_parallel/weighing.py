@@ -70,6 +70,8 @@ class Question:
     fn_bytes: int = 0
     #: an executor that chose by the same estimates (auto): why it chose serial, else None
     cost_verdict: str | None = None
+    #: another library's own setting asks for serial work here (joblib.parallel_config(n_jobs=1))
+    library_serial: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,20 +17,24 @@ executor down, which also ends the workers of other joblib users in the process.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import errno
 import functools
 import logging
-import os
-import threading
-import uuid
 from concurrent.futures import Future
 from typing import Any
 
+from .. import telemetry
 from .._loky import joblib_start_context
 from ..engine import PooledExecutor
+from ..executor import MapCall
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
+from .joblib_folders import (
+    InMapFolder,
+    RetiredFolders,
+    logged,
+    remove_empty_folders,
+    remove_folders,
+)
 
 logger = logging.getLogger("ce_parallel.joblib")
 
@@ -63,223 +67,70 @@ def _shutdown_joblib_workers(kill: bool) -> None:
         executor.shutdown(wait=True, kill_workers=kill)
 
 
-class _InMapFolder:
-    """A chunk whose large arrays are memory-mapped into its map's own folder.
-
-    loky pickles submitted work later, in its queue feeder thread (one per executor, so one
-    pickling at a time): selecting the folder there, right before the chunk's arrays are
-    pickled, is what ``joblib.Parallel`` does with its batches too.
-    """
-
-    __slots__ = ("folder", "job")
-
-    def __init__(self, job: ChunkJob, folder: _MapFolder) -> None:
-        self.job = job
-        self.folder = folder
-
-    def __call__(self) -> ChunkOutcome:
-        return run_chunk(self.job)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        self.folder.manager.set_current_context(self.folder.context_id)
-        return functools.partial, (run_chunk, self.job)
-
-
-class _MapFolder:
-    """The memory-mapping folder of one map, released when the map's last chunk is done.
-
-    Releasing gives up the reference the parent holds on each file, so the resource tracker
-    deletes a file as soon as the workers have dropped their maps of it, and removes the folder
-    if it is empty by then; a folder still in use is removed later (``sweep``).
-    """
-
-    def __init__(self, manager: Any) -> None:
-        self.manager = manager
-        self.context_id = f"ce{uuid.uuid4().hex}"
-        manager.register_new_context(self.context_id)
-        self.path: str = manager._cached_temp_folders[self.context_id]
-        self._left = 0
-        self._lock = threading.Lock()
-
-    def release_when_done(self, futures: list[Future[ChunkOutcome]], retired: _Retired) -> None:
-        self._left = len(futures)
-        if not futures:
-            self.release(retired)
-            return
-
-        def done(_: Future[ChunkOutcome]) -> None:
-            with self._lock:
-                self._left -= 1
-                last = self._left == 0
-            if last:
-                self.release(retired)
-
-        for fut in futures:
-            fut.add_done_callback(done)
-
-    def release(self, retired: _Retired) -> None:
-        # Runs once, after every chunk of the map was pickled (or cancelled before it was).
-        with retired.lock:
-            if retired.killed:
-                pass  # joblib drops every reference to the files of killed workers itself
-            elif retired.keep_as_spare(self):
-                return
-            else:
-                try:
-                    self._drop_parent_references()
-                except Exception:
-                    logger.warning(
-                        "releasing the memory maps of %s failed", self.path, exc_info=True
-                    )
-        if not self.try_remove():
-            retired.add(self)
-
-    def is_unused(self) -> bool:
-        """True if no array was written here (the parent holds every file until release)."""
-        try:
-            return not os.listdir(self.path)
-        except FileNotFoundError:
-            return False
-
-    def _drop_parent_references(self) -> None:
-        from joblib.externals.loky.backend import resource_tracker
-
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return  # no array of this map was large enough to be memory-mapped
-        reducer = _array_reducer(self.manager)
-        for name in names:
-            filename = os.path.join(self.path, name)
-            # joblib registers each new file once more than the workers will release it
-            # (Parallel releases that extra reference at the end of each call)
-            resource_tracker.maybe_unlink(filename, "file")
-            if reducer is not None:
-                reducer._temporary_memmaped_filenames.discard(filename)
-
-    def try_remove(self) -> bool:
-        """Remove the folder if no file is left in it; True once it is gone and forgotten."""
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return False  # workers still map some of its files
-            logger.warning("could not remove memory-map folder %s: %s", self.path, exc)
-            return False
-        self.forget()
-        return True
-
-    def forget(self) -> None:
-        from joblib.externals.loky.backend import resource_tracker
-
-        manager = self.manager
-        if manager._cached_temp_folders.pop(self.context_id, None) is None:
-            return
-        resource_tracker.unregister(self.path, "folder")
-        finalizer = manager._finalizers.pop(self.context_id, None)
-        if finalizer is not None:
-            atexit.unregister(finalizer)
-
-    def remove_now(self, force: bool) -> None:
-        """Remove the folder whatever is left in it (every worker has exited)."""
-        if force:
-            # killed workers never release their maps: give up their references too, as
-            # joblib does when it kills its workers
-            from joblib.externals.loky.backend import resource_tracker
-
-            with contextlib.suppress(FileNotFoundError):
-                for name in os.listdir(self.path):
-                    resource_tracker.unregister(os.path.join(self.path, name), "file")
-        import shutil
-
-        try:
-            shutil.rmtree(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("could not remove memory-map folder %s: %s", self.path, exc)
-            return
-        self.forget()
-
-
-class _Retired:
-    """Folders of finished maps that workers still used when the map ended.
-
-    A folder into which its map wrote nothing (no array was large enough) is kept as the spare
-    for the next map: it holds no file an array could be confused with, and most maps of
-    small items then cost no folder of their own.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        #: set (under ``lock``) when the workers are killed or the pool is released
-        self.killed = False
-        self.closed = False
-        self._spare: _MapFolder | None = None
-        self._folders: list[_MapFolder] = []
-
-    def keep_as_spare(self, folder: _MapFolder) -> bool:
-        """Keep ``folder`` for the next map if nothing was written into it (``lock`` held)."""
-        if self.closed or self._spare is not None or not folder.is_unused():
-            return False
-        self._spare = folder
-        return True
-
-    def folder_for_map(self, manager: Any) -> _MapFolder:
-        with self.lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and spare.manager is manager:
-            return spare
-        if spare is not None:
-            self.add(spare)
-        return _MapFolder(manager)
-
-    def add(self, folder: _MapFolder) -> None:
-        with self.lock:
-            self._folders.append(folder)
-
-    def sweep(self) -> None:
-        with self.lock:
-            folders, self._folders = self._folders, []
-        left = [f for f in folders if not f.try_remove()]
-        if left:
-            with self.lock:
-                self._folders.extend(left)
-
-    def take(self) -> list[_MapFolder]:
-        """Every folder left, spare included; later releases no longer keep a spare."""
-        with self.lock:
-            self.closed = True
-            folders, self._folders = self._folders, []
-            if self._spare is not None:
-                folders.append(self._spare)
-                self._spare = None
-        return folders
-
-
-def _array_reducer(manager: Any) -> Any:
-    # joblib's ndarray reducer remembers every file name it ever wrote; the names of a released
-    # folder are dropped so that a long-lived executor does not accumulate them
-    from joblib.externals.loky import reusable_executor
-
-    executor = getattr(reusable_executor, "_executor", None)
-    if getattr(executor, "_temp_folder_manager", None) is not manager:
-        return None
-    reducers = getattr(getattr(executor, "_call_queue", None), "_reducers", None) or {}
-    for reducer in reducers.values():
-        if hasattr(reducer, "_temporary_memmaped_filenames"):
-            return reducer
-    return None
-
-
 class JoblibExecutor(PooledExecutor):
     """Runs chunks on joblib's loky backend, kept configured across maps."""
 
     name = "joblib"
     _parallel: Any = None
-    _retired: _Retired | None = None
+    _thread_executor: PooledExecutor | None = None
+    _retired: RetiredFolders | None = None
+
+    def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """As every pooled strategy, unless an active ``joblib.parallel_config`` says otherwise.
+
+        Inside ``joblib.parallel_config(n_jobs=1)`` (or ``backend="sequential"``) the map runs
+        serially; inside a thread-based backend (``backend="threading"``) it runs on threads;
+        either way a decision record says so.
+        """
+        from ..joblib_config import joblib_settings
+
+        settings = joblib_settings(self.budget.count)
+        if settings.strategy is None:
+            return super().execute(call, work, seeds)
+        self._record_joblib_choice(settings.strategy, settings.detail, len(work))
+        if settings.strategy == "sequential":
+            return self.run_serially(call, work, seeds)
+        return self._threads(settings.workers or self.workers).execute(call, work, seeds)
+
+    def _record_joblib_choice(self, strategy: str, detail: str, items: int) -> None:
+        if not telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
+            return
+        from ..gate import Ground, Question, decide
+        from ..resources import Resources
+
+        question = Question(
+            n_instances=items,
+            requested=strategy,
+            library_serial=detail if strategy == "sequential" else None,
+            warm=True,
+        )
+        resources = self.resources or Resources(budget=self.budget)
+        decision = decide(question, Ground(self.config, resources, front_door="executor"))
+        payload = decision.as_dict()
+        payload.update(source="joblib.parallel_config", detail=f"{decision.detail}; {detail}")
+        self._emit("decision", payload)
+
+    def _threads(self, workers: int) -> PooledExecutor:
+        """The thread executor that serves maps inside a thread-based joblib backend."""
+        from .threads import ThreadExecutor
+
+        with self._pool_lock:
+            current = self._thread_executor
+            if current is None or current.closed or current.workers != workers:
+                stale, current = (
+                    current,
+                    ThreadExecutor(
+                        self.config.replace(strategy="threads"),
+                        max_workers=workers,
+                        resources=self.resources,
+                    ),
+                )
+                self._thread_executor = current
+            else:
+                stale = None
+        if stale is not None:
+            stale.shutdown()
+        return current
 
     def start_pool(self) -> None:
         """Enter one managed ``joblib.Parallel`` on joblib's own loky backend (once)."""
@@ -292,7 +143,7 @@ class JoblibExecutor(PooledExecutor):
                     # (entering creates joblib's executor, or reuses the one it has)
                     parallel.__enter__()
                 self._parallel = parallel
-                self._retired = _Retired()
+                self._retired = RetiredFolders()
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         backend = self._parallel._backend
@@ -306,11 +157,18 @@ class JoblibExecutor(PooledExecutor):
             return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
         retired.sweep()
         folder = retired.folder_for_map(manager)
-        futures = [backend.submit(_InMapFolder(job, folder)) for job in jobs]
+        futures = [backend.submit(InMapFolder(job, folder)) for job in jobs]
         folder.release_when_done(futures, retired)
         return futures
 
     def release_pool(self, kill: bool) -> None:
+        with self._pool_lock:
+            threads, self._thread_executor = self._thread_executor, None
+        if threads is not None:
+            threads.shutdown(cancel=kill)
+        self._release_joblib(kill)
+
+    def _release_joblib(self, kill: bool) -> None:
         with self._pool_lock:
             parallel, self._parallel = self._parallel, None
             retired, self._retired = self._retired, None
@@ -326,66 +184,14 @@ class JoblibExecutor(PooledExecutor):
         if kill and workers is not None:
             _drop_queued_tasks()
             # kills the workers and removes every memory-map folder of joblib's executor
-            _logged(backend.abort_everything, "killing joblib's workers", ensure_ready=False)
+            logged(backend.abort_everything, "killing joblib's workers", ensure_ready=False)
         # releases the backend, and the (empty) folder joblib made for this Parallel
-        _logged(parallel.__exit__, "closing joblib.Parallel", None, None, None)
-        _logged(_shutdown_joblib_workers, "shutting joblib's workers down", kill=kill)
+        logged(parallel.__exit__, "closing joblib.Parallel", None, None, None)
+        logged(_shutdown_joblib_workers, "shutting joblib's workers down", kill=kill)
         if retired is not None:
-            _remove_folders(retired.take(), kill)
+            remove_folders(retired.take(), kill)
         if manager is not None:
-            _remove_empty_folders(manager)
-
-
-def _logged(call: Any, what: str, *args: Any, **kwargs: Any) -> None:
-    # Releasing continues past a failing step (the next steps free what is left); the failure
-    # is logged, never hidden.
-    try:
-        call(*args, **kwargs)
-    except Exception:
-        logger.warning("%s failed", what, exc_info=True)
-
-
-#: After the workers have exited, how long the resource tracker is given to delete the files
-#: they released, before their folders are removed with whatever is left in them.
-RELEASE_WAIT_S = 2.0
-
-
-def _remove_folders(folders: list[_MapFolder], kill: bool) -> None:
-    """Remove the folders of finished maps once the workers that mapped their files are gone."""
-    import time
-
-    deadline = time.monotonic() + (0.0 if kill else RELEASE_WAIT_S)
-    while True:
-        folders = [f for f in folders if not f.try_remove()]
-        if not folders or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-    for folder in folders:
-        # killed workers never release their maps; workers that exited released theirs,
-        # but the tracker has not deleted the files yet (it ignores files already gone)
-        folder.remove_now(force=kill)
-
-
-def _remove_empty_folders(manager: Any) -> None:
-    """Remove joblib's own empty folders of this executor (it creates one per context)."""
-    from joblib.externals.loky.backend import resource_tracker
-
-    for context_id, path in list(manager._cached_temp_folders.items()):
-        try:
-            os.rmdir(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                logger.warning("could not remove memory-map folder %s: %s", path, exc)
-            # a folder with files belongs to a joblib.Parallel still using this executor
-            logger.debug("left memory-map folder %s in place: %s", path, exc)
-            continue
-        manager._cached_temp_folders.pop(context_id, None)
-        resource_tracker.unregister(path, "folder")
-        finalizer = manager._finalizers.pop(context_id, None)
-        if finalizer is not None:
-            atexit.unregister(finalizer)
+            remove_empty_folders(manager)
 
 
 def _completed(outcome: ChunkOutcome) -> Future[ChunkOutcome]:
