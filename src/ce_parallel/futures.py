@@ -69,12 +69,19 @@ class _TaskFuture(Future):
     def __init__(self) -> None:
         super().__init__()
         self._inner: Future[Any] | None = None
+        #: set while cancel() cancels the chunk: the chunk's done-callback, which runs inside
+        #: that call, must not take the cancelled chunk for one the pool lost
+        self.cancelling = False
 
     def cancel(self) -> bool:
         inner = self._inner
-        if inner is not None and not inner.done() and not inner.cancel():
-            return False
-        return super().cancel()
+        self.cancelling = True
+        try:
+            if inner is not None and not inner.done() and not inner.cancel():
+                return False
+            return super().cancel()
+        finally:
+            self.cancelling = False
 
 
 def _settle(fut: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
@@ -319,11 +326,16 @@ class CeFuturesExecutor(Executor):
         self, ex: Any, job: ChunkJob, outer: Future[Any], single: bool, done: Future[Any]
     ) -> None:
         """Unwrap a finished chunk into the caller's future (runs in the pool's thread)."""
-        if outer.cancelled():
+        if outer.cancelled() or getattr(outer, "cancelling", False):
             return
         try:
             outcome: ChunkOutcome = done.result()
         except CancelledError:
+            if self._shutdown:
+                # cancelled by this view's shutdown(cancel_futures=True): not lost, not re-run
+                if not outer.cancel():
+                    _settle(outer, error=MapCancelledError("cancelled by shutdown(cancel_futures)"))
+                return
             failure: BaseException = BackendUnavailableError("the pool dropped the task")
             self._fall_back(ex, job, outer, single, failure)
             return

@@ -31,8 +31,6 @@ from .telemetry import emit, run_record, wanted
 
 #: Idle shared pools kept for reuse (least recently used are shut down beyond this).
 MAX_IDLE_SHARED = 4
-#: The cancel flag of a facade's serial fast path: never set (a facade has no cancel()).
-_NEVER_SET = threading.Event()
 
 
 @dataclass
@@ -119,6 +117,7 @@ class FacadePools:
         self._ran: set[str] = set()
         self._serial: Any | None = None
         self._closed = False
+        self._running = 0  # maps of this facade running on pools right now
 
     def pooled(self, strategy: str, workers: int) -> Any:
         """The executor of ``strategy`` for ``workers`` workers (created or shared on first use)."""
@@ -178,10 +177,11 @@ class FacadePools:
             try:
                 if progress or timeout is not None:
                     return list(serial.map(fn, work, progress=progress, timeout=timeout, seed=seed))
-                # the fast path: the decision is made, the arguments checked, and nobody can
-                # cancel this call (a facade has no cancel()): no flag of its own is needed
-                call = MapCall(fn, cancelled=_NEVER_SET, per_item_s=decision.per_item_s)
-                return list(serial.execute(call, work, seeds))
+                # the fast path: the decision is made and the arguments checked; the call is
+                # tracked, so that closing the facade from another thread stops it
+                call = MapCall(fn, per_item_s=decision.per_item_s)
+                with serial.tracking(call.cancelled):
+                    return list(serial.execute(call, work, seeds))
             except BaseException as exc:
                 error = exc
                 raise
@@ -194,9 +194,15 @@ class FacadePools:
         executor = given if given is not None else self.pooled(decision.strategy, decision.workers)
         cold = given is None and not self.warm(decision.strategy)
         before = executor.metrics.snapshot()
-        results: list[Any] = executor.map(
-            fn, work, chunksize=chunksize, timeout=timeout, progress=progress, seed=seed
-        )
+        with self._lock:
+            self._running += 1
+        try:
+            results: list[Any] = executor.map(
+                fn, work, chunksize=chunksize, timeout=timeout, progress=progress, seed=seed
+            )
+        finally:
+            with self._lock:
+                self._running -= 1
         if given is None:
             self.ran(decision.strategy)
             if cold:
@@ -284,6 +290,9 @@ class FacadePools:
         stopped), as are its own."""
         with self._lock:
             self._closed = True
+            # a map of this facade still running is stopped with its pool when no other
+            # facade holds that pool (others' maps on a shared pool are left to run)
+            cancel = cancel or self._running > 0
             own = list(self._own.values())
             held = list(self._held.values())
             if self._serial is not None:

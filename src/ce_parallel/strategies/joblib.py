@@ -82,9 +82,13 @@ class JoblibExecutor(PooledExecutor):
         serially; inside a thread-based backend (``backend="threading"``) it runs on threads;
         either way a decision record says so.
         """
-        from ..joblib_config import joblib_settings
+        try:
+            from ..joblib_config import joblib_settings
 
-        settings = joblib_settings(self.budget.count)
+            settings = joblib_settings(self.budget.count)
+        except ImportError:
+            # joblib is missing: starting the pool fails, and falls back, as for any strategy
+            return super().execute(call, work, seeds)
         if settings.strategy is None:
             return super().execute(call, work, seeds)
         self._record_joblib_choice(settings.strategy, settings.detail, len(work))
