@@ -213,6 +213,7 @@ class ParallelFacade:
         if measurement is not None and measurement.fn_bytes:
             fn_bytes = measurement.fn_bytes
         question = Question(
+            library_serial=_joblib_says_serial(target) if chosen is None else None,
             n_instances=n_instances,
             n_features=n_features,
             n_items=n_items,
@@ -438,6 +439,19 @@ class ParallelFacade:
             f"ParallelFacade(enabled={self.config.enabled}, strategy={self.config.strategy!r}, "
             f"full_matrix={self.config.full_matrix}, cpu_budget={self.resources.budget.count})"
         )
+
+
+def _joblib_says_serial(strategy: str) -> str | None:
+    """What an active ``joblib.parallel_config`` of this thread says, when it asks the joblib
+    strategy for serial work (``n_jobs=1``); joblib is not imported to find out."""
+    import sys
+
+    if strategy != "joblib" or "joblib" not in sys.modules:
+        return None
+    from .joblib_config import joblib_settings
+
+    settings = joblib_settings()
+    return settings.detail if settings.strategy == "sequential" else None
 
 
 def _nested_in(env_says_worker: bool) -> str | None:

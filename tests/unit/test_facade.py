@@ -345,6 +345,10 @@ def test_every_reason_code_is_reached_by_the_tests_above(quiet: None) -> None:
         facade(JOBLIB).decide_use_parallel(*BIG, bytes_hint=10**9).reason,
         facade(JOBLIB).decide_use_parallel(100).reason,
     }
+    import joblib
+
+    with joblib.parallel_config(n_jobs=1):
+        seen.add(facade(JOBLIB).decide_use_parallel(*BIG).reason)
     assert seen == set(REASONS)
     assert len(REASONS) == len(set(REASONS))
 
