@@ -59,6 +59,7 @@ def measure(
     *,
     probe_threads: int = 0,
     sizes: bool = False,
+    previous: Measurement | None = None,
 ) -> Costing:
     """Run a pilot of the first items of ``work`` here; remember what it measured.
 
@@ -66,13 +67,23 @@ def measure(
     to learn whether the items hold the GIL (what a thread pool needs to know). With ``sizes``
     it also measures what an item and the function cost to pickle (what a strategy that pickles
     work must send: a large array bound into ``fn`` is seen without a hint). A caller's
-    exception is raised as ``PilotError`` with the failing item's index.
+    exception is raised as ``PilotError`` with the failing item's index. ``previous``, an
+    earlier measurement of ``fn``, adds its thread probes' votes to this one's.
     """
     if probe_threads >= 2:
         result = pilot(fn, work, seeds, threads=probe_threads)
     else:
         result = time_first_items(fn, work, seeds)
     holds_gil = result.holds_gil
+    probes = bound = 0
+    if previous is not None:
+        probes, bound = previous.gil_probes, previous.gil_bound_probes
+    if holds_gil is not None:
+        probes, bound = probes + 1, bound + int(holds_gil)
+    if probes:
+        # the majority of the probes decides; a tie goes to "releases the GIL", which a slow
+        # run on threads then corrects (check_run)
+        holds_gil = 2 * bound > probes
     measurement = Measurement(
         per_item_s=result.per_item_seconds,
         spread=result.spread,
@@ -82,6 +93,8 @@ def measure(
         thread_scaling=result.thread_scaling,
         item_bytes=pickled_size(work[0]) if (holds_gil or sizes) else None,
         fn_bytes=pickled_size(fn) if sizes else None,
+        gil_probes=probes,
+        gil_bound_probes=bound,
     )
     key = MEMORY.remember_fn(fn, measurement)
     return Costing("pilot", measurement, key, result.results)

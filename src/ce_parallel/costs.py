@@ -22,6 +22,8 @@ from typing import Any
 
 #: How many functions' measurements are remembered (least recently used are dropped).
 MEMORY_SIZE = 256
+#: How many thread probes may vote on whether a function's items hold the GIL.
+GIL_PROBE_VOTES = 3
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,10 @@ class Measurement:
     ``item_bytes`` and ``fn_bytes`` are what one item and the function cost to pickle (their
     arrays counted by their buffers, nothing copied; None when not measured). ``observed`` maps
     a strategy to the seconds per item a real run of it took (wall time / items), which
-    overrides the model's estimate for that strategy.
+    overrides the model's estimate for that strategy. ``gil_probes`` counts the thread probes
+    behind ``holds_gil`` (a verdict of "holds the GIL" is probed again, up to
+    ``GIL_PROBE_VOTES`` times, and the majority decides: a serial decision never runs the items
+    on threads, so nothing else would correct a misjudged probe).
     """
 
     per_item_s: float
@@ -45,7 +50,15 @@ class Measurement:
     thread_scaling: float | None = None
     item_bytes: int | None = None
     fn_bytes: int | None = None
+    #: thread probes run so far, and how many found the items holding the GIL
+    gil_probes: int = 0
+    gil_bound_probes: int = 0
     observed: tuple[tuple[str, float], ...] = field(default=())
+
+    @property
+    def gil_verdict_settled(self) -> bool:
+        """Whether more thread probes would not change ``holds_gil`` (or none is needed)."""
+        return self.holds_gil is not True or self.gil_probes >= GIL_PROBE_VOTES
 
     def observed_for(self, strategy: str) -> float | None:
         """Seconds per item a run of ``strategy`` measured, if one did."""

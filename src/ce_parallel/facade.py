@@ -375,14 +375,16 @@ class ParallelFacade:
         """What the items cost: the hint, the memory, a pilot, or None (assumed)."""
         if seconds_per_item is not None:
             return costing.hinted(seconds_per_item)
-        known = costing.recall(fn)
-        if known is not None:
-            return known
-        if not self._may_pilot(len(work), executor):
-            return None
         requested = self.config.strategy
         record = strategy_records().get(requested)
         probe = 2 if record is not None and not record.pickles_work else 0
+        known = costing.recall(fn)
+        if known is not None:
+            settled = known.measurement is None or known.measurement.gil_verdict_settled
+            if settled or not probe or not self._may_pilot(len(work), executor):
+                return known
+        elif not self._may_pilot(len(work), executor):
+            return None
         target = strategy_records().get(self.target_strategy())
         try:
             return costing.measure(
@@ -391,6 +393,7 @@ class ParallelFacade:
                 seeds,
                 probe_threads=probe,
                 sizes=target is not None and target.pickles_work,
+                previous=None if known is None else known.measurement,
             )
         except costing.PilotError as failure:
             annotate_item_error(failure.error, failure.index, "sequential", None)

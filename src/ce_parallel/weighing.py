@@ -208,7 +208,12 @@ def _start_cost(
     from .costs import MEMORY
 
     measured = MEMORY.start_cost(strategy)
-    return measured if measured is not None else record.start_cost_s(resources)
+    cold = measured if measured is not None else record.start_cost_s(resources)
+    if question.cost_source == "remembered":
+        # the function came back: its pool serves the calls still to come as well, so a
+        # repeat pays a share of the start-up (auto's rule, AUTO_EXPECTED_MAPS_PER_POOL)
+        return cold / heuristics.AUTO_EXPECTED_MAPS_PER_POOL
+    return cold
 
 
 __all__ = ["COST_SOURCES", "CostSource", "FrontDoor", "Ground", "Question", "Weighing", "weigh"]

@@ -207,6 +207,10 @@ def _double(x: int) -> int:
     return 2 * x
 
 
+def _work(x: int) -> int:
+    return sum(range(20_000)) + x
+
+
 def test_the_pilot_sees_large_arrays_a_pickling_strategy_would_send() -> None:
     import functools
 
@@ -249,3 +253,33 @@ def test_a_decision_inside_another_librarys_process_worker_is_nested() -> None:
         )
     # and outside any worker the same question runs in parallel
     assert _decide_inside_a_worker(0) == ("enabled", None)
+
+
+def test_a_verdict_of_holding_the_gil_is_probed_again_until_the_votes_settle() -> None:
+    # one probe said "holds the GIL": a serial decision would never put that to the test
+    MEMORY.remember_fn(
+        _work, Measurement(per_item_s=0.001, holds_gil=True, gil_probes=1, gil_bound_probes=1)
+    )
+    with facade() as f:
+        f.map(_work, range(200))
+        assert f.last_decision is not None and f.last_decision.cost_source == "pilot"
+    known = MEMORY.recall(MEMORY.key(_work))
+    assert known is not None and known.gil_probes == 2
+    # a settled verdict is recalled without probing again
+    MEMORY.remember_fn(
+        _double, Measurement(per_item_s=0.001, holds_gil=True, gil_probes=3, gil_bound_probes=3)
+    )
+    with facade() as f:
+        f.map(_double, range(400))
+        assert f.last_decision is not None and f.last_decision.cost_source == "remembered"
+
+
+def test_a_repeat_of_a_known_function_pays_a_share_of_a_cold_start() -> None:
+    from ce_parallel.heuristics import AUTO_EXPECTED_MAPS_PER_POOL
+
+    base = {"per_item_s": 3e-4, "requested": "joblib"}
+    first = decide(Question(1000, cost_source="pilot", **base), ground(JOBLIB))
+    repeat = decide(Question(1000, cost_source="remembered", **base), ground(JOBLIB))
+    assert first.start_cost_s == pytest.approx(0.2)
+    assert repeat.start_cost_s == pytest.approx(0.2 / AUTO_EXPECTED_MAPS_PER_POOL)
+    assert repeat.use_parallel and not first.use_parallel
