@@ -215,6 +215,9 @@ class AutoExecutor(ParallelExecutor):
         self.last_reason = selection.reason if strategy == selection.strategy else decision.detail
         rest = work[done:] if done else work
         rest_seeds = seeds[done:] if seeds is not None and done else seeds
+        # a pool that was cold before this run starts during it: such a run is not typical of
+        # the strategy, and must not correct what is remembered about fn
+        typical = strategy == "sequential" or strategy in self._warm_pools()
         run_started = time.perf_counter()
         try:
             if not rest:
@@ -228,7 +231,7 @@ class AutoExecutor(ParallelExecutor):
         finally:
             wall = time.perf_counter() - started
             self.metrics.add(maps=1, tasks_submitted=len(work), total_duration=wall)
-        if cost is not None and rest:
+        if cost is not None and rest and typical:
             # a run far from its estimate corrects what is remembered about fn
             costing.check_run(
                 cost,
