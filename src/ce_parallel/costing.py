@@ -100,6 +100,51 @@ def measure(
     return Costing("pilot", measurement, key, result.results)
 
 
+def for_map(
+    fn: Callable[..., Any],
+    work: Sequence[Any],
+    seeds: Sequence[Any] | None,
+    *,
+    requested: str,
+    target: str,
+    may_pilot: bool,
+) -> Costing | None:
+    """The cost of ``fn``'s items for a map with no hint: remembered, else a pilot (when
+    ``may_pilot``), else None (the assumption).
+
+    A strategy that does not pickle work (threads) needs to know whether the items hold the
+    GIL: its pilot probes them on threads, and a remembered "holds the GIL" is probed again
+    until the votes settle. A strategy that pickles work (``target``) needs the bytes an item
+    and the function cost to send. A caller's exception in the pilot is raised with its index.
+    """
+    from .executor import annotate_item_error
+    from .registry import strategy_records
+
+    records = strategy_records()
+    record = records.get(requested)
+    probe = 2 if record is not None and not record.pickles_work else 0
+    known = recall(fn)
+    if known is not None:
+        settled = known.measurement is None or known.measurement.gil_verdict_settled
+        if settled or not probe or not may_pilot:
+            return known
+    elif not may_pilot:
+        return None
+    sending = records.get(target)
+    try:
+        return measure(
+            fn,
+            work,
+            seeds,
+            probe_threads=probe,
+            sizes=sending is not None and sending.pickles_work,
+            previous=None if known is None else known.measurement,
+        )
+    except PilotError as failure:
+        annotate_item_error(failure.error, failure.index, "sequential", None)
+        raise failure.error from None
+
+
 def learn(fn: Callable[..., Any], per_item_s: float, items: int) -> None:
     """Remember what a serial run of ``fn`` measured, where nothing was known before."""
     if MEMORY.recall(MEMORY.key(fn)) is None:
@@ -137,4 +182,13 @@ def check_run(
     return True
 
 
-__all__ = ["Costing", "PilotError", "check_run", "hinted", "learn", "measure", "recall"]
+__all__ = [
+    "Costing",
+    "PilotError",
+    "check_run",
+    "for_map",
+    "hinted",
+    "learn",
+    "measure",
+    "recall",
+]

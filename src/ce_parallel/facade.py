@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import costing, heuristics
 from ._warn import warn_at_caller
+from .asking import joblib_says_serial, nested_in
 from .callers import (
     call_site,
     check_executor,
@@ -36,14 +37,14 @@ from .callers import (
 from .checks import check_int, rejected
 from .config import ENV_FULL, ParallelConfig, operator_switch
 from .decision import FullMatrixWarning, ParallelDecision
-from .executor import annotate_item_error, shift_item_index, spawn_seeds
+from .executor import shift_item_index, spawn_seeds
 from .gate import Ground, Question, decide
 from .metrics import ParallelMetrics
 from .pools import FacadePools
 from .registry import conservative_strategies, strategy_records
 from .resources import Resources, detect_resources
 from .telemetry import TelemetryCallback, emit, linked, wanted
-from .worker import IN_WORKER_ENV, in_worker
+from .worker import IN_WORKER_ENV
 
 R = TypeVar("R")
 
@@ -203,7 +204,7 @@ class ParallelFacade:
             executor_type = type_name(chosen)
         if self._gated(requested):
             self._warn_full_matrix(requested)
-        nested = _nested_in(self._env_in_worker)
+        nested = nested_in(self._env_in_worker)
         measurement = None if cost is None else cost.measurement
         target = heuristics.FULL_MATRIX_SUBSTITUTE if self._gated(requested) else requested
         observed = None if measurement is None else measurement.observed_for(target)
@@ -213,7 +214,7 @@ class ParallelFacade:
         if measurement is not None and measurement.fn_bytes:
             fn_bytes = measurement.fn_bytes
         question = Question(
-            library_serial=_joblib_says_serial(target) if chosen is None else None,
+            library_serial=joblib_says_serial(target) if chosen is None else None,
             n_instances=n_instances,
             n_features=n_features,
             n_items=n_items,
@@ -375,29 +376,14 @@ class ParallelFacade:
         """What the items cost: the hint, the memory, a pilot, or None (assumed)."""
         if seconds_per_item is not None:
             return costing.hinted(seconds_per_item)
-        requested = self.config.strategy
-        record = strategy_records().get(requested)
-        probe = 2 if record is not None and not record.pickles_work else 0
-        known = costing.recall(fn)
-        if known is not None:
-            settled = known.measurement is None or known.measurement.gil_verdict_settled
-            if settled or not probe or not self._may_pilot(len(work), executor):
-                return known
-        elif not self._may_pilot(len(work), executor):
-            return None
-        target = strategy_records().get(self.target_strategy())
-        try:
-            return costing.measure(
-                fn,
-                work,
-                seeds,
-                probe_threads=probe,
-                sizes=target is not None and target.pickles_work,
-                previous=None if known is None else known.measurement,
-            )
-        except costing.PilotError as failure:
-            annotate_item_error(failure.error, failure.index, "sequential", None)
-            raise failure.error from None
+        return costing.for_map(
+            fn,
+            work,
+            seeds,
+            requested=self.config.strategy,
+            target=self.target_strategy(),
+            may_pilot=self._may_pilot(len(work), executor),
+        )
 
     def _may_pilot(self, n: int, executor: Any | None) -> bool:
         """A pilot only where a parallel decision is possible and worth measuring for."""
@@ -410,7 +396,7 @@ class ParallelFacade:
             and config.strategy != "sequential"
             and config.worker_initializer is None
             and not self._operator_off
-            and _nested_in(self._env_in_worker) is None
+            and nested_in(self._env_in_worker) is None
             and self.resources.budget.count >= 2
             and not (self.resources.ci and not self._operator_forced)
         )
@@ -442,28 +428,6 @@ class ParallelFacade:
             f"ParallelFacade(enabled={self.config.enabled}, strategy={self.config.strategy!r}, "
             f"full_matrix={self.config.full_matrix}, cpu_budget={self.resources.budget.count})"
         )
-
-
-def _joblib_says_serial(strategy: str) -> str | None:
-    """What an active ``joblib.parallel_config`` of this thread says, when it asks the joblib
-    strategy for serial work (``n_jobs=1``); joblib is not imported to find out."""
-    import sys
-
-    if strategy != "joblib" or "joblib" not in sys.modules:
-        return None
-    from .joblib_config import joblib_settings
-
-    settings = joblib_settings()
-    return settings.detail if settings.strategy == "sequential" else None
-
-
-def _nested_in(env_says_worker: bool) -> str | None:
-    """The kind of worker this call runs inside, if any: ours, or another library's."""
-    if in_worker() or env_says_worker:
-        return "ce-parallel"
-    from .nesting import foreign_worker
-
-    return foreign_worker()
 
 
 def _stamped(decision: ParallelDecision, site: str) -> ParallelDecision:

@@ -27,8 +27,8 @@ from ce_parallel.strategies.dask import (  # noqa: E402
     PLUGIN_PREFIX,
     SCATTER_MIN_BYTES,
     DaskExecutor,
-    _machinery_error,
 )
+from ce_parallel.strategies.dask_bridge import machinery_error  # noqa: E402
 
 CLUSTER_WORKERS = 2
 
@@ -245,11 +245,11 @@ class KilledWorker(Exception):
 def test_failures_are_told_by_type_and_stage(
     exc: BaseException, stage: str, expected: type
 ) -> None:
-    error = _machinery_error(exc, stage)
+    error = machinery_error(exc, stage)
     assert type(error) is expected
     assert error.__cause__ is exc
     ours = WorkerCrashedError("lost")
-    assert _machinery_error(ours, stage) is ours  # one of ours keeps its type
+    assert machinery_error(ours, stage) is ours  # one of ours keeps its type
 
 
 # -- addresses, own clusters, worker loss, shutdown ------------------------------------------

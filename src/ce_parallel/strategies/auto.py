@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import costing, telemetry
+from ..asking import nested_in
 from ..config import operator_switch
 from ..costs import Measurement
 from ..decision import ParallelDecision
@@ -35,7 +36,6 @@ from ..gate import Ground, Question, decide
 from ..registry import strategy_record
 from ..resources import Resources
 from ..selection import Selection, WorkloadProfile, explain_selection, selectable
-from ..worker import in_worker
 
 #: How many selections an executor remembers (cleared when full).
 SELECTION_CACHE_SIZE = 256
@@ -266,7 +266,7 @@ class AutoExecutor(ParallelExecutor):
             holds_gil=None if measured is None else measured.holds_gil,
             requested=selection.strategy,
             warm=selection.strategy in self._warm_pools(),
-            nested=_nested_in(),
+            nested=nested_in(False),
             cost_verdict=selection.reason if selection.strategy == "sequential" else None,
         )
         decision = decide(question, self._ground)
@@ -318,14 +318,6 @@ class AutoExecutor(ParallelExecutor):
             executors, self._executors = dict(self._executors), {}
         for executor in executors.values():
             executor.shutdown(cancel=kill)
-
-
-def _nested_in() -> str | None:
-    if in_worker():
-        return "ce-parallel"
-    from ..nesting import foreign_worker
-
-    return foreign_worker()
 
 
 def _min_parallel_work() -> float:

@@ -34,19 +34,18 @@ import dataclasses
 import itertools
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from typing import Any
 
 from ..config import ParallelConfig
 from ..engine import PooledExecutor
 from ..errors import (
     BackendUnavailableError,
-    ParallelExecutionError,
     SerializationError,
-    WorkerCrashedError,
 )
 from ..resources import Resources, numeric_thread_env, threads_per_worker
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, gc_paused, run_chunk
+from .dask_bridge import Bridge, machinery_error, settle
 
 #: A function whose cloudpickle is at least this many bytes is scattered to every worker once
 #: per map instead of being pickled into every chunk task. Below it, the copy per task costs
@@ -56,15 +55,6 @@ from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, gc_paus
 SCATTER_MIN_BYTES = 1024 * 1024
 #: Seconds allowed for connecting to a given scheduler before the strategy falls back.
 CONNECT_TIMEOUT_S = 10.0
-#: Exception type names (distributed's and tornado's) that mean a worker or the connection to
-#: it was lost. Told by name: the classes live in modules that may not be importable here.
-_LOST_WORKER_ERRORS = frozenset({"KilledWorker", "CommClosedError", "StreamClosedError"})
-#: Where a dask failure happened. ``submit``: the client serializes the task (a comm failure
-#: there is a lost connection; anything else means the work cannot be pickled). ``task``: the
-#: task itself failed; ``run_chunk`` returns every error of the user's code as data, so what is
-#: left is the worker or scheduler failing to load the task (deserialization). ``gather``: the
-#: finished chunk's result could not be fetched or loaded here.
-_STAGES = ("submit", "task", "gather")
 #: Name under which an executor's set-up plugin is registered (the executor's token follows).
 PLUGIN_PREFIX = "ce-parallel-setup-"
 #: Set-up outcomes a worker's plugin produced (an initializer error, fork-hook counts), by
@@ -114,27 +104,6 @@ def run_pickled_chunk(payload: bytes, key: str, packed_job: bytes) -> ChunkOutco
     with gc_paused():
         job: ChunkJob = cloudpickle.loads(packed_job)
     return run_dask_chunk(dataclasses.replace(job, fn=_load_fn(key, payload)))
-
-
-def _machinery_error(exc: BaseException, stage: str) -> BaseException:
-    """Name a dask failure as the typed error the engine classifies for fallback.
-
-    Told apart by exception type and by the ``stage`` it happened in (see ``_STAGES``), never
-    by the text of its message: one of ours keeps its type, a lost worker or connection is a
-    ``WorkerCrashedError``, and anything else at these stages is work that could not cross to
-    the worker or back (``SerializationError``).
-    """
-    assert stage in _STAGES
-    if isinstance(exc, ParallelExecutionError):
-        return exc
-    name = type(exc).__name__
-    lost = any(cls.__name__ in _LOST_WORKER_ERRORS for cls in type(exc).__mro__)
-    if lost:
-        error: BaseException = WorkerCrashedError(f"dask lost a worker: {name}: {exc}")
-    else:
-        error = SerializationError(f"dask could not move a chunk ({stage}): {name}: {exc}")
-    error.__cause__ = exc
-    return error
 
 
 def _prepare_worker(setup: WorkerSetup) -> None:
@@ -216,97 +185,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _settle(target: Future[ChunkOutcome], setter: Callable[[Any], None], value: Any) -> None:
-    # A future dropped by the caller may have been cancelled meanwhile; its value is not needed.
-    with contextlib.suppress(InvalidStateError):
-        setter(value)
-
-
-class _Bridge:
-    """Completes one ``concurrent.futures.Future`` per dask future, from one thread.
-
-    The thread iterates ``distributed.as_completed``, which the client's event loop wakes as
-    each task finishes (or is cancelled): no timer, no polling interval added to a map.
-    """
-
-    def __init__(
-        self,
-        loop: Any,
-        pairs: list[tuple[Any, Future[ChunkOutcome]]],
-        keep: Any = None,
-        done: Callable[[_Bridge], None] | None = None,
-    ) -> None:
-        from distributed import as_completed
-
-        # keep: the map's scattered function, alive while its chunks run; done: called when
-        # the thread ends, so the executor forgets a finished map's bridge
-        self._keep, self._done = keep, done
-        self._lock = threading.Lock()
-        self._remaining: dict[Any, Future[ChunkOutcome]] = dict(pairs)
-        self._stop = threading.Event()
-        self._completed = as_completed(list(self._remaining), loop=loop)
-        self._thread = threading.Thread(
-            target=self._run, name="ce-parallel-dask-bridge", daemon=True
-        )
-        self._thread.start()
-
-    def drop(self, targets: Iterable[Future[ChunkOutcome]]) -> list[Any]:
-        """Stop tracking ``targets``; return their dask futures (for the caller to cancel)."""
-        wanted = set(targets)
-        with self._lock:
-            lost = [d for d, f in self._remaining.items() if f in wanted]
-            for d in lost:
-                del self._remaining[d]
-        return lost
-
-    def stop(self) -> list[Any]:
-        """Stop the thread; fail every chunk still tracked; return their dask futures."""
-        self._stop.set()
-        with self._lock:
-            left, self._remaining = self._remaining, {}
-        for fut in left.values():
-            _settle(fut, fut.set_exception, BackendUnavailableError("the dask pool was released"))
-        # an empty as_completed ends its iteration; wake the thread instead of letting it
-        # notice on its own
-        self._completed.clear()
-        with self._completed.thread_condition:
-            self._completed.thread_condition.notify_all()
-        self._thread.join()
-        return list(left)
-
-    def _run(self) -> None:
-        try:
-            for dfut in self._completed:
-                if self._stop.is_set():
-                    return
-                self._resolve(dfut)
-                with self._lock:
-                    if not self._remaining:
-                        return  # dropped futures need not be waited for
-        finally:
-            self._keep = None
-            if self._done is not None:
-                self._done(self)
-
-    def _resolve(self, dfut: Any) -> None:
-        with self._lock:
-            target = self._remaining.pop(dfut, None)
-        if target is None:
-            return
-        status = dfut.status
-        try:
-            if status == "finished":
-                _settle(target, target.set_result, dfut.result())
-                return
-            if status == "error":
-                failure: BaseException = _machinery_error(dfut.exception(), "task")
-            else:
-                failure = WorkerCrashedError(f"dask reported the chunk's task as {status}")
-        except Exception as exc:  # gathering the result failed: the data or its worker is gone
-            failure = _machinery_error(exc, "gather")
-        _settle(target, target.set_exception, failure)
-
-
 class DaskExecutor(PooledExecutor):
     """Runs chunks as tasks on a Dask distributed cluster (given, or a local one of its own)."""
 
@@ -327,7 +205,7 @@ class DaskExecutor(PooledExecutor):
         self._cluster: Any = None
         self._owns_client = False
         # one bridge per map in flight: maps from several threads run side by side
-        self._bridges: set[_Bridge] = set()
+        self._bridges: set[Bridge] = set()
         self._bridges_lock = threading.Lock()
         self._map_keys = itertools.count()
         self._plugin: str | None = None  # name of the set-up plugin registered on the cluster
@@ -473,21 +351,21 @@ class DaskExecutor(PooledExecutor):
             # what was already submitted must not keep running while everything falls back
             client.cancel(submitted)
             if isinstance(exc, Exception):
-                raise _machinery_error(exc, "submit") from exc
+                raise machinery_error(exc, "submit") from exc
             raise
         futures: list[Future[ChunkOutcome]] = [Future() for _ in jobs]
         for fut in futures:
             # A dask task cannot report when it starts; treating every chunk as running means
             # that on a user error the earlier chunks are awaited and only later ones cancelled.
             fut.set_running_or_notify_cancel()
-        bridge = _Bridge(
+        bridge = Bridge(
             client.loop, list(zip(submitted, futures, strict=True)), shared, self._forget_bridge
         )
         with self._bridges_lock:
             self._bridges.add(bridge)
         return futures
 
-    def _forget_bridge(self, bridge: _Bridge) -> None:
+    def _forget_bridge(self, bridge: Bridge) -> None:
         with self._bridges_lock:
             self._bridges.discard(bridge)
 
@@ -511,7 +389,7 @@ class DaskExecutor(PooledExecutor):
         for bridge in bridges:
             self._cancel(bridge.drop(pending))
         for fut in pending:
-            _settle(fut, fut.set_exception, BackendUnavailableError("the chunk was cancelled"))
+            settle(fut, fut.set_exception, BackendUnavailableError("the chunk was cancelled"))
         if kill and self._cluster is not None:
             # A running task cannot be interrupted; our own workers are stopped with the
             # cluster and the next map starts a fresh one. A cluster we were given keeps
