@@ -33,9 +33,9 @@ from .errors import (
     ExecutorClosedError,
     ParallelExecutionError,
     SerializationError,
-    classify_failure,
 )
 from .executor import MapCall, ParallelExecutor, annotate_item_error, create_executor
+from .handoff import record_fallback
 from .serial_loop import check_call
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
 
@@ -216,14 +216,11 @@ class PooledExecutor(ParallelExecutor):
         step; the next executor lives for this map only, so the next map tries this strategy's
         pool again, and its own start failure is the next step of the chain.
         """
-        # whatever the failure, no worker ran: the backend is what is unavailable
-        error_type: type[ParallelExecutionError] = BackendUnavailableError
-        if isinstance(exc, ParallelExecutionError):
-            error_type = type(exc)
         recover = self.config.fallback_to_serial
         following = self.record.start_fallback if recover else "raise"
-        self._record_fallback(
-            error_type,
+        # whatever the failure, no worker ran: the backend is what is unavailable
+        error_type = record_fallback(
+            self,
             exc,
             action="serial" if following == "sequential" else following,
             items=len(work),
@@ -358,13 +355,12 @@ class PooledExecutor(ParallelExecutor):
         check_call(call, self.name, self.metrics, 0)
         self._check_open()
         first = failures[min(failures)]
-        error_type = classify_failure(first)
         unfinished = [i for i, part in enumerate(outcomes) if part is None]
         items = [k for i in unfinished for k in range(*chunks[i])]
         self.release_pool(kill=True)  # a broken pool is replaced on the next map
         recover = self.config.fallback_to_serial
-        self._record_fallback(
-            error_type,
+        error_type = record_fallback(
+            self,
             first,
             action="serial" if recover else "raise",
             items=len(items),
@@ -389,31 +385,6 @@ class PooledExecutor(ParallelExecutor):
             outcomes[i] = self.run_serially(
                 call, work[a:b], None if seeds is None else seeds[a:b], offset=a
             )
-
-    def _record_fallback(
-        self,
-        error_type: type[ParallelExecutionError],
-        failure: BaseException,
-        *,
-        action: str,
-        items: int,
-        chunks: list[int] | None = None,
-        stage: str = "run",
-    ) -> None:
-        """Count one fallback and emit its record (every fallback is recorded, whatever next)."""
-        self.metrics.add(fallbacks=1)
-        self._emit(
-            "fallback",
-            telemetry.fallback_record(
-                strategy=self.name,
-                cause=error_type.__name__,
-                failure=failure,
-                action=action,
-                items=items,
-                chunks=chunks,
-                stage=stage,
-            ),
-        )
 
 
 def _unreadable(exc: Exception, a: int, b: int) -> SerializationError:
