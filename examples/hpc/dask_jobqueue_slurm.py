@@ -5,7 +5,7 @@ items on them exactly as the process strategy does on one node (same results, sa
 fallback to serial work if workers are lost). Run it from a login node or a small job:
 
     python dask_jobqueue_slurm.py --jobs 4 --cores 16 --memory 32GB --walltime 01:00:00
-    python dask_jobqueue_slurm.py --address tcp://SCHEDULER_HOST:8786   # a scheduler already running
+    python dask_jobqueue_slurm.py --address tcp://SCHEDULER_HOST:8786  # a running scheduler
     python dask_jobqueue_slurm.py --local      # a scheduler and 2 workers here, no SLURM
 
 ``--local`` starts the cluster the way a batch job does, with Dask's own command line
