@@ -201,12 +201,17 @@ def pilot(
     if threads < 2 or count < threads:
         return result
     start = result.done
-    more, wall, cpu = probe_threads(
-        fn,
-        items[start : start + count],
-        None if seeds is None else seeds[start : start + count],
-        threads,
-    )
+    try:
+        more, wall, cpu = probe_threads(
+            fn,
+            items[start : start + count],
+            None if seeds is None else seeds[start : start + count],
+            threads,
+        )
+    except PilotError as failure:
+        # the probe ran a slice: its index counts from the slice's start
+        raise PilotError(start + failure.index, failure.error) from failure.error
+
     holds, scaling = gil_verdict(result, count, wall, cpu, threads)
     return PilotResult(
         result.results + more,

@@ -338,3 +338,20 @@ def test_auto_remembers_measurements_without_keeping_the_function_alive() -> Non
         gc.collect()
         assert alive() is None
         assert len(MEMORY) == 0
+
+
+def _sleep_then_fail_at_ten(x: int) -> int:
+    import time
+
+    time.sleep(0.002)
+    if x == 10:
+        raise KeyError(x)
+    return x
+
+
+def test_a_failure_in_the_thread_probe_names_its_index_in_the_whole_input() -> None:
+    # the serial part runs at most 5% of the 200 items (0-9): item 10 fails on a probe thread,
+    # which runs a slice of the input, and the index still counts from the start
+    with pytest.raises(PilotError) as info:
+        pilot(_sleep_then_fail_at_ten, list(range(200)), threads=2)
+    assert info.value.index == 10
