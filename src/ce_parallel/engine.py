@@ -34,7 +34,7 @@ from .errors import (
     ParallelExecutionError,
     SerializationError,
 )
-from .executor import MapCall, ParallelExecutor, annotate_item_error, create_executor
+from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_executor
 from .handoff import record_fallback
 from .serial_loop import check_call
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
@@ -319,15 +319,7 @@ class PooledExecutor(ParallelExecutor):
             raise
         if user_errors:
             self.metrics.add(failures=1)
-            outcome = user_errors[min(user_errors)]
-            error = outcome.error
-            assert error is not None
-            if outcome.error_index is None:
-                if hasattr(error, "add_note"):
-                    error.add_note("ce-parallel: raised by ParallelConfig.worker_initializer")
-            else:
-                annotate_item_error(error, outcome.error_index, self.name, outcome.remote_traceback)
-            raise error
+            raise annotate_chunk_error(user_errors[min(user_errors)], self.name)
         return busy, failures
 
     def _report_hooks(self, outcome: ChunkOutcome) -> None:

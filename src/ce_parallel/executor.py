@@ -51,6 +51,19 @@ def annotate_item_error(
         exc.args = (*exc.args, where)
 
 
+def annotate_chunk_error(outcome: Any, strategy: str) -> BaseException:
+    """The user error a chunk came back with (``ChunkOutcome.error``), annotated: the failing
+    item's index and the worker's traceback, or, with no index, that the worker initializer
+    raised it."""
+    error: BaseException = outcome.error
+    if outcome.error_index is None:
+        if hasattr(error, "add_note"):
+            error.add_note("ce-parallel: raised by ParallelConfig.worker_initializer")
+    else:
+        annotate_item_error(error, outcome.error_index, strategy, outcome.remote_traceback)
+    return error
+
+
 def shift_item_index(exc: BaseException, offset: int, strategy: str) -> None:
     """Count the failing item's index from the start of the whole map, not of its remainder.
 
@@ -414,6 +427,7 @@ __all__ = [
     "MapCall",
     "ParallelExecutor",
     "SpawnedSeeds",
+    "annotate_chunk_error",
     "annotate_item_error",
     "create_executor",
     "default_chunksize",

@@ -44,7 +44,7 @@ from concurrent.futures import wait as wait_futures
 from typing import Any
 
 from .errors import BackendUnavailableError, MapCancelledError, ParallelExecutionError
-from .executor import MapCall, ParallelExecutor, annotate_item_error
+from .executor import MapCall, ParallelExecutor, annotate_chunk_error
 from .handoff import Target, check_open, record_fallback, resolve_target, submits_incrementally
 from .serial_loop import run_serially
 from .worker import ChunkJob, ChunkOutcome
@@ -346,14 +346,8 @@ class CeFuturesExecutor(Executor):
             self._fall_back(ex, job, outer, single, outcome.machinery_error)
             return
         if outcome.error is not None:
-            error = outcome.error
-            if outcome.error_index is None:
-                if hasattr(error, "add_note"):
-                    error.add_note("ce-parallel: raised by ParallelConfig.worker_initializer")
-            else:
-                annotate_item_error(error, outcome.error_index, ex.name, outcome.remote_traceback)
             ex.metrics.add(failures=1)
-            _settle(outer, error=error)
+            _settle(outer, error=annotate_chunk_error(outcome, ex.name))
             return
         results = outcome.take_results()
         if results is None or len(results) != len(job.items):

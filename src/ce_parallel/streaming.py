@@ -39,7 +39,13 @@ from typing import Any
 from . import telemetry
 from .checks import check_int, check_seconds
 from .errors import BackendUnavailableError, ParallelExecutionError
-from .executor import MapCall, ParallelExecutor, annotate_item_error, default_chunksize
+from .executor import (
+    MapCall,
+    ParallelExecutor,
+    annotate_chunk_error,
+    annotate_item_error,
+    default_chunksize,
+)
 from .handoff import (
     check_open,
     emit,
@@ -381,15 +387,7 @@ class _PooledStream:
             self._lost(number, outcome.machinery_error)
             return
         if outcome.error is not None:
-            error = outcome.error
-            if outcome.error_index is None:
-                if hasattr(error, "add_note"):
-                    error.add_note("ce-parallel: raised by ParallelConfig.worker_initializer")
-            else:
-                annotate_item_error(
-                    error, outcome.error_index, self.ex.name, outcome.remote_traceback
-                )
-            self._user_error(number, error)
+            self._user_error(number, annotate_chunk_error(outcome, self.ex.name))
             return
         part = outcome.take_results()
         start, items = self.info[number]

@@ -7,15 +7,9 @@ import threading
 import time
 from typing import Any
 
+from workfns import _append
+
 _state = threading.local()
-
-
-def _append(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
 
 
 def next_on_empty_at(item: tuple[str, int, int]) -> int:
