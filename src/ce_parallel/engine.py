@@ -35,7 +35,7 @@ from .errors import (
     SerializationError,
 )
 from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_executor
-from .handoff import record_fallback
+from .handoff import lost_chunks_error, record_fallback
 from .serial_loop import check_call
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
 
@@ -289,8 +289,8 @@ class PooledExecutor(ParallelExecutor):
                         a, b = chunks[i]
                         try:
                             part = outcome.take_results()
-                        except Exception as exc:
-                            failures[i] = _unreadable(exc, a, b)
+                        except SerializationError as exc:
+                            failures[i] = exc
                             continue
                         if part is None or len(part) != b - a:
                             failures[i] = ParallelExecutionError(
@@ -359,12 +359,7 @@ class PooledExecutor(ParallelExecutor):
             chunks=unfinished,
         )
         if not recover:
-            error = error_type(
-                f"strategy {self.name!r} failed: {type(first).__name__}: {first}", incomplete=items
-            )
-            if hasattr(first, "item_index"):
-                error.item_index = first.item_index  # type: ignore[attr-defined]
-            raise error from first
+            raise lost_chunks_error(error_type, self.name, first, items)
         if self.config.force_serial_on_failure:
             warnings.warn(
                 f"ce-parallel: strategy {self.name!r} failed ({type(first).__name__}: {first}); "
@@ -377,19 +372,6 @@ class PooledExecutor(ParallelExecutor):
             outcomes[i] = self.run_serially(
                 call, work[a:b], None if seeds is None else seeds[a:b], offset=a
             )
-
-
-def _unreadable(exc: Exception, a: int, b: int) -> SerializationError:
-    """The results of items ``a .. b - 1`` pickled in the worker but cannot be rebuilt here."""
-    where = f"item {a}" if b - a == 1 else f"items {a}..{b - 1}"
-    error = SerializationError(
-        f"the results of {where} were pickled by the worker but cannot be unpickled here "
-        f"({type(exc).__name__}: {exc}); a result's __reduce__ or __setstate__ must rebuild it",
-        incomplete=range(a, b),
-    )
-    error.item_index = a  # type: ignore[attr-defined]
-    error.__cause__ = exc
-    return error
 
 
 __all__ = ["POLL_INTERVAL_S", "PooledExecutor"]

@@ -43,9 +43,21 @@ from concurrent.futures import (
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from .errors import BackendUnavailableError, MapCancelledError, ParallelExecutionError
+from .errors import (
+    BackendUnavailableError,
+    MapCancelledError,
+    ParallelExecutionError,
+    SerializationError,
+)
 from .executor import MapCall, ParallelExecutor, annotate_chunk_error
-from .handoff import Target, check_open, record_fallback, resolve_target, submits_incrementally
+from .handoff import (
+    Target,
+    check_open,
+    lost_chunks_error,
+    record_fallback,
+    resolve_target,
+    submits_incrementally,
+)
 from .serial_loop import run_serially
 from .worker import ChunkJob, ChunkOutcome
 
@@ -349,7 +361,11 @@ class CeFuturesExecutor(Executor):
             ex.metrics.add(failures=1)
             _settle(outer, error=annotate_chunk_error(outcome, ex.name))
             return
-        results = outcome.take_results()
+        try:
+            results = outcome.take_results()
+        except SerializationError as exc:
+            self._fall_back(ex, job, outer, single, exc)
+            return
         if results is None or len(results) != len(job.items):
             failure = ParallelExecutionError(
                 f"a task returned {0 if results is None else len(results)} results for "
@@ -372,12 +388,8 @@ class CeFuturesExecutor(Executor):
             ex, failure, action="serial" if recover else "raise", items=len(job.items)
         )
         if not recover:
-            error = error_type(
-                f"strategy {ex.name!r} failed: {type(failure).__name__}: {failure}",
-                incomplete=range(job.start, job.start + len(job.items)),
-            )
-            error.__cause__ = failure
-            _settle(outer, error=error)
+            incomplete = range(job.start, job.start + len(job.items))
+            _settle(outer, error=lost_chunks_error(error_type, ex.name, failure, incomplete))
             return
         with self._lock:
             if self._helper is None:

@@ -19,6 +19,7 @@ they run in the calling thread:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,27 @@ def record_fallback(
         ),
     )
     return error_type
+
+
+def lost_chunks_error(
+    error_type: type[ParallelExecutionError],
+    strategy: str,
+    failure: BaseException,
+    incomplete: Sequence[int],
+) -> ParallelExecutionError:
+    """The error a map raises when the machinery lost chunks and the fallback is ``raise``.
+
+    It keeps the failure as its cause and, when the failure named one item (a result that
+    cannot be unpickled), that item's ``item_index``.
+    """
+    error = error_type(
+        f"strategy {strategy!r} failed: {type(failure).__name__}: {failure}",
+        incomplete=incomplete,
+    )
+    if hasattr(failure, "item_index"):
+        error.item_index = failure.item_index  # type: ignore[attr-defined]
+    error.__cause__ = failure
+    return error
 
 
 @dataclass
@@ -189,6 +211,7 @@ __all__ = [
     "Target",
     "check_open",
     "emit",
+    "lost_chunks_error",
     "record_fallback",
     "resolve_target",
     "submits_incrementally",

@@ -38,7 +38,7 @@ from typing import Any
 
 from . import telemetry
 from .checks import check_int, check_seconds
-from .errors import BackendUnavailableError, ParallelExecutionError
+from .errors import BackendUnavailableError, ParallelExecutionError, SerializationError
 from .executor import (
     MapCall,
     ParallelExecutor,
@@ -49,6 +49,7 @@ from .executor import (
 from .handoff import (
     check_open,
     emit,
+    lost_chunks_error,
     record_fallback,
     resolve_target,
     submits_incrementally,
@@ -389,7 +390,11 @@ class _PooledStream:
         if outcome.error is not None:
             self._user_error(number, annotate_chunk_error(outcome, self.ex.name))
             return
-        part = outcome.take_results()
+        try:
+            part = outcome.take_results()
+        except SerializationError as exc:
+            self._lost(number, exc)
+            return
         start, items = self.info[number]
         if part is None or len(part) != len(items):
             self._lost(
@@ -436,10 +441,7 @@ class _PooledStream:
             ex, failure, action="serial" if recover else "raise", items=len(items), chunks=[number]
         )
         if not recover:
-            raise error_type(
-                f"strategy {ex.name!r} failed: {type(failure).__name__}: {failure}",
-                incomplete=range(start, start + len(items)),
-            ) from failure
+            raise lost_chunks_error(error_type, ex.name, failure, range(start, start + len(items)))
         if ex.config.force_serial_on_failure and not self.degraded:
             warnings.warn(
                 f"ce-parallel: strategy {ex.name!r} failed ({type(failure).__name__}: "

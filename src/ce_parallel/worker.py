@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import os
 import pickle
 import threading
@@ -111,17 +112,21 @@ class ChunkOutcome:
     fork_hooks: tuple[int, int] | None = None
     #: the results, pickled in the worker (see ``pack_results``); ``results`` is then None
     packed: bytes | None = None
+    #: how many results ``packed`` holds
+    packed_count: int = 0
     #: a failure of the machinery in the worker (results that cannot be pickled back): the
     #: chunk is lost, not failed by the user's code
     machinery_error: BaseException | None = None
 
     def take_results(self) -> list[Any] | None:
-        """The chunk's results, unpickled here if the worker packed them."""
+        """The chunk's results, unpickled here if the worker packed them.
+
+        A result that pickled in the worker but cannot be rebuilt here raises a
+        ``SerializationError`` whose ``item_index`` is that result's item (``unpack_results``).
+        """
         if self.packed is None:
             return self.results
-        with gc_paused():
-            results: list[Any] = pickle.loads(self.packed)
-        return results
+        return unpack_results(self.packed, self.packed_count, self.start)
 
 
 @contextlib.contextmanager
@@ -146,25 +151,74 @@ def pack_results(results: list[Any]) -> bytes | None:
     """Pickle a process worker's results here, the collector paused.
 
     The pool then sends one bytes object and the parent unpickles it with the collector paused
-    too (``ChunkOutcome.take_results``), in ce-parallel's code: a result that pickles but cannot
-    be rebuilt is then a typed ``SerializationError`` naming its items, never a failure inside
-    the pool's own result handling (loky marks its whole pool broken when a result does not
-    unpickle). The standard pickler is tried first (fastest); cloudpickle takes what it cannot
-    (a class defined in ``__main__`` of the caller). None when neither can.
+    too (``unpack_results``), in ce-parallel's code: a result that pickles but cannot be rebuilt
+    is then a typed ``SerializationError`` naming its item, never a failure inside the pool's
+    own result handling (loky marks its whole pool broken when a result does not unpickle).
+
+    The results are dumped one after another by one pickler rather than as one list: the memo
+    is shared, so objects shared between results stay shared, and the parent loads them one by
+    one, so it knows which result failed. That costs about 0.3 us a result on each side, small
+    against a process round trip. The standard pickler is tried first (fastest); cloudpickle
+    takes what it cannot (a class defined in ``__main__`` of the caller). None when neither can.
     """
     try:
-        with gc_paused():
-            return pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dump_each(pickle.Pickler, results)
     except Exception:
         pass
     try:
         import cloudpickle
 
-        with gc_paused():
-            packed: bytes = cloudpickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-        return packed
+        return _dump_each(cloudpickle.Pickler, results)
     except Exception:
         return None
+
+
+def _dump_each(pickler: Any, results: list[Any]) -> bytes:
+    buffer = io.BytesIO()
+    dump = pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump
+    with gc_paused():
+        for value in results:
+            dump(value)
+    return buffer.getvalue()
+
+
+def unpack_results(packed: bytes, count: int, start: int) -> list[Any]:
+    """The ``count`` results ``pack_results`` packed for the chunk starting at item ``start``.
+
+    Raises ``SerializationError`` (``item_index`` the failing result's item, ``incomplete`` the
+    whole chunk, whose results are all withheld) when a result cannot be rebuilt, or when the
+    bytes hold another number of results than the chunk has items.
+    """
+    buffer = io.BytesIO(packed)
+    load = pickle.Unpickler(buffer).load
+    results: list[Any] = []
+    with gc_paused():
+        for offset in range(count):
+            try:
+                results.append(load())
+            except Exception as exc:
+                raise _unreadable(exc, start, offset, count) from exc
+    if buffer.tell() != len(packed):
+        from .errors import SerializationError
+
+        raise SerializationError(
+            f"the worker packed more results than the {count} items of the chunk at item {start}",
+            incomplete=range(start, start + count),
+        )
+    return results
+
+
+def _unreadable(exc: Exception, start: int, offset: int, count: int) -> BaseException:
+    from .errors import SerializationError
+
+    error = SerializationError(
+        f"the result of item {start + offset} was pickled by the worker but cannot be unpickled "
+        f"here ({type(exc).__name__}: {exc}); a result's __reduce__ or __setstate__ must "
+        "rebuild it",
+        incomplete=range(start, start + count),
+    )
+    error.item_index = start + offset  # type: ignore[attr-defined]
+    return error
 
 
 def _ensure_setup(setup: WorkerSetup) -> None:
@@ -427,6 +481,7 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
             pid=os.getpid(),
             fork_hooks=hooks,
             packed=packed,
+            packed_count=len(results),
         )
     assert offset is not None
     remote_tb = _format(exc) if job.check_pickle else None

@@ -214,6 +214,28 @@ def test_unpicklable_work_falls_back_only_where_work_is_pickled(
         assert executor.metrics.fallbacks == expected
 
 
+@pytest.mark.expects_fallback
+@pytest.mark.parametrize("chunksize", [1, 4])
+def test_a_result_that_cannot_be_unpickled_names_its_item(
+    strategy: str, build: Callable[..., ParallelExecutor], chunksize: int
+) -> None:
+    # the result of item 3 pickles in the worker and fails to rebuild in the caller; with
+    # chunks of 4 it is not the first item of its chunk, and the index is still exact
+    record = strategy_record(strategy)
+    if not record.pickles_work or record.chooses:
+        pytest.skip("results do not cross a process boundary on this strategy")
+    from faults import faultfns
+
+    from ce_parallel import SerializationError
+
+    with build(fallback="raise") as ex:
+        with pytest.raises(SerializationError) as info:
+            ex.map(faultfns.unrebuildable_at_3, range(8), chunksize=chunksize)
+        assert info.value.item_index == 3  # type: ignore[attr-defined]
+        assert 3 in info.value.incomplete
+        assert ex.map(abs, [-1, -2]) == [1, 2]
+
+
 def test_metrics_snapshot_has_the_documented_keys(executor: ParallelExecutor) -> None:
     executor.map(square, range(100))
     snap = executor.metrics.snapshot()

@@ -393,12 +393,20 @@ def test_an_exception_that_cannot_travel_back_is_a_typed_picklable_error(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("strategy", ["processes", "joblib"])
-def test_a_result_that_cannot_be_unpickled_is_a_serialization_error(strategy: str) -> None:
+@pytest.mark.parametrize("chunksize", [1, 2, 4])
+def test_a_result_that_cannot_be_unpickled_is_a_serialization_error(
+    strategy: str, chunksize: int
+) -> None:
+    # with chunks of 2 and 4, item 3 is not the first of its chunk: the index is still exact
     with create_executor(make_config(strategy, fallback="raise")) as ex:
         with pytest.raises(SerializationError) as info:
-            ex.map(faultfns.unrebuildable_at_3, range(6), chunksize=1)
+            ex.map(faultfns.unrebuildable_at_3, range(6), chunksize=chunksize)
         assert info.value.item_index == 3  # type: ignore[attr-defined]
+        assert "item 3 " in str(info.value)
         assert 3 in info.value.incomplete
+        with pytest.raises(SerializationError) as info:
+            list(ex.imap(faultfns.unrebuildable_at_3, range(6), chunksize=chunksize))
+        assert info.value.item_index == 3  # type: ignore[attr-defined]
         assert ex.map(abs, [-1, -2]) == [1, 2]
     records, record = _records()
     with create_executor(make_config(strategy, telemetry=record)) as ex:
