@@ -31,6 +31,7 @@ from ..worker import ChunkJob, ChunkOutcome, run_chunk
 from .joblib_folders import (
     InMapFolder,
     RetiredFolders,
+    adopt_finalizer,
     logged,
     remove_empty_folders,
     remove_folders,
@@ -146,6 +147,11 @@ class JoblibExecutor(PooledExecutor):
                 with joblib_start_context():
                     # (entering creates joblib's executor, or reuses the one it has)
                     parallel.__enter__()
+                workers = getattr(parallel._backend, "_workers", None)
+                manager = getattr(workers, "_temp_folder_manager", None)
+                if manager is not None:
+                    for context_id in list(manager._finalizers):
+                        adopt_finalizer(manager, context_id)
                 self._parallel = parallel
                 self._retired = RetiredFolders()
 

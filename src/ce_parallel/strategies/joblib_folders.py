@@ -64,6 +64,7 @@ class MapFolder:
         self.path: str = manager._cached_temp_folders[self.context_id]
         self._left = 0
         self._lock = threading.Lock()
+        adopt_finalizer(manager, self.context_id)
 
     def release_when_done(
         self, futures: list[Future[ChunkOutcome]], retired: RetiredFolders
@@ -269,6 +270,32 @@ def remove_folders(folders: list[MapFolder], kill: bool) -> None:
         folder.remove_now(force=kill)
 
 
+def adopt_finalizer(manager: Any, context_id: str) -> None:
+    """Make joblib's exit hook for a folder forget the folder once it has removed it.
+
+    The hook deletes the folder and unregisters it from the resource tracker, but leaves it in
+    the manager's table. It runs before the exit hook that shuts shared pools down (atexit runs
+    the last registered first), whose release of the folder then unregistered it a second time:
+    a ``KeyError`` traceback from loky's resource tracker at every exit. The hook is replaced by
+    one that runs it and then drops the folder from the table, so nothing is released twice.
+    """
+    finalizer = manager._finalizers.get(context_id)
+    if finalizer is None or getattr(finalizer, "ce_parallel_adopted", False):
+        return
+
+    def run_then_forget() -> None:
+        try:
+            finalizer()
+        finally:
+            manager._cached_temp_folders.pop(context_id, None)
+            manager._finalizers.pop(context_id, None)
+
+    run_then_forget.ce_parallel_adopted = True  # type: ignore[attr-defined]
+    atexit.unregister(finalizer)
+    atexit.register(run_then_forget)
+    manager._finalizers[context_id] = run_then_forget
+
+
 def remove_empty_folders(manager: Any) -> None:
     """Remove joblib's own empty folders of this executor (it creates one per context)."""
     from joblib.externals.loky.backend import resource_tracker
@@ -295,6 +322,7 @@ __all__ = [
     "InMapFolder",
     "MapFolder",
     "RetiredFolders",
+    "adopt_finalizer",
     "array_reducer",
     "logged",
     "remove_empty_folders",
