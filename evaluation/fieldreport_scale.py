@@ -5,8 +5,11 @@
 
 Writes a version 2 file of ``--lines`` records (decision and run pairs from a few call sites,
 a fallback now and then, a run before its decision now and then), then builds the report in a
-fresh child process and prints the wall time and the child's peak resident set size (Linux
-``ru_maxrss``). A second, smaller file shows whether the peak grows with the file.
+fresh child process, once in one pass and once in parallel pieces (the default), and prints
+the wall time, the child's CPU time and its peak resident set size (Linux ``ru_maxrss``; the
+pieces' worker processes are not included). A second, smaller file shows whether the peak
+grows with the file. The decoder is orjson when it is installed (the ``report`` extra), else
+the standard library's: run it in both environments to compare.
 """
 
 from __future__ import annotations
@@ -117,8 +120,9 @@ CHILD = """
 import json, resource, sys, time
 from ce_parallel.fieldreport import build_report
 from ce_parallel.fieldreport.reader import _decoder
+pieces = None if sys.argv[2] == "auto" else int(sys.argv[2])
 started = time.perf_counter()
-report = build_report([sys.argv[1]])
+report = build_report([sys.argv[1]], pieces_per_file=pieces)
 seconds = time.perf_counter() - started
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
@@ -129,9 +133,9 @@ print(json.dumps({"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
 """
 
 
-def measure(path: str) -> dict[str, float]:
+def measure(path: str, pieces: str) -> dict[str, float]:
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, path], capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, path, pieces], capture_output=True, text=True, check=True
     )
     return json.loads(proc.stdout)
 
@@ -152,13 +156,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{time.perf_counter() - started:.1f} s"
         )
         for label, path in ((f"{args.lines // 10} lines", small), (f"{args.lines} lines", big)):
-            m = measure(path)
-            print(
-                f"{label:>16}: {m['seconds']:.2f} s wall, {m['cpu_s']:.2f} s CPU, "
-                f"peak RSS {m['peak_rss_mb']:.0f} MB, "
-                f"{m['records']} records, {m['linked']} linked, {m['skipped']} skipped, "
-                f"decoder: {'orjson' if m['orjson'] else 'json (standard library)'}"
-            )
+            for pieces in ("1", "auto"):
+                m = measure(path, pieces)
+                how = "one pass" if pieces == "1" else "pieces"
+                print(
+                    f"{label:>16}, {how:>8}: {m['seconds']:.2f} s wall, "
+                    f"{m['cpu_s']:.2f} s CPU here, peak RSS here {m['peak_rss_mb']:.0f} MB, "
+                    f"{m['records']} records, {m['linked']} linked, {m['skipped']} skipped, "
+                    f"decoder: {'orjson' if m['orjson'] else 'json (standard library)'}"
+                )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,19 @@ SITE_A = "pkg.a:fit"
 SITE_B = "pkg.b:explain"
 
 
+@pytest.fixture(params=["json", "orjson"], autouse=True)
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test once with the standard library's decoder and once with orjson (the
+    ``report`` extra), which the reader takes when it is installed."""
+    from ce_parallel.fieldreport import reader
+
+    if request.param == "json":
+        monkeypatch.setattr(reader, "_decoder", lambda: (reader._standard_decoder(), False))
+    else:
+        pytest.importorskip("orjson", reason="the report extra is not installed")
+    return str(request.param)
+
+
 def decision(
     decision_id: str,
     site: str,

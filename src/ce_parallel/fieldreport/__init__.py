@@ -5,7 +5,8 @@ many JSON-lines files written with ``CE_PARALLEL_TELEMETRY`` (by several process
 machines), streaming, and reports per call site and overall: decisions each way and why, the
 measured time spent serial and parallel, the parallel efficiency, the time serial decisions left
 on the table and parallel ones saved or lost, fallbacks by cause, and one recommendation per
-threshold. ``build_report(paths)`` returns the same as JSON data.
+threshold. ``build_report(paths)`` returns the same as JSON data. A large file is read in
+parallel pieces by worker processes and joined into the answer one pass gives (``pieces``).
 
 Record schema (version 2)
 -------------------------

@@ -87,6 +87,9 @@ class SiteStats:
         return out
 
 
+_INFINITIES = (math.inf, -math.inf)
+
+
 def _finite(value: Any) -> float | None:
     """A number that can be summed, else None: nan and the infinities (estimates json_safe wrote
     as strings), None, booleans and anything else count as unknown."""
@@ -134,6 +137,20 @@ class SizeEvidence:
         row[2] += wall
         row[3] += left
 
+    def merge(self, other: SizeEvidence) -> None:
+        for size, (decisions, gainers, wall, left) in other.by_size.items():
+            row = self.by_size.get(size)
+            if row is None:
+                if len(self.by_size) >= self.max_sizes:
+                    self.dropped += int(decisions)
+                    continue
+                row = self.by_size[size] = [0, 0, 0.0, 0.0]
+            row[0] += decisions
+            row[1] += gainers
+            row[2] += wall
+            row[3] += left
+        self.dropped += other.dropped
+
 
 @dataclass
 class MarginEvidence:
@@ -146,6 +163,10 @@ class MarginEvidence:
     parallel: int = 0
     losers: int = 0
     lost_s: float = 0.0
+
+    def merge(self, other: MarginEvidence) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 class Aggregator:
@@ -183,20 +204,69 @@ class Aggregator:
     def pending(self) -> int:
         return len(self._pending)
 
+    def merge(self, other: Aggregator) -> None:
+        """Add what ``other`` counted, as if its records had followed this one's in one file.
+
+        Both must be unfinished. A link waiting in ``other`` is completed by its partner
+        waiting here, or waits on here; nothing is counted twice.
+        """
+        for name, stats in other.sites.items():
+            self.site(name).merge(stats)
+        self.events.update(other.events)
+        self.fallback_causes.update(other.fallback_causes)
+        self.fallback_stages.update(other.fallback_stages)
+        for reason, evidence in other.sizes.items():
+            self.sizes[reason].merge(evidence)
+        self.margin.merge(other.margin)
+        self.unlinked_decisions += other.unlinked_decisions
+        self.unlinked_runs += other.unlinked_runs
+        self.duplicates += other.duplicates
+        self.evicted += other.evicted
+        for mine, theirs, pick in (
+            ("first_time", other.first_time, min),
+            ("last_time", other.last_time, max),
+        ):
+            here = getattr(self, mine)
+            if theirs is not None:
+                setattr(self, mine, theirs if here is None else pick(here, theirs))
+        for process in other.processes:
+            if len(self.processes) >= self.max_processes:
+                break
+            self.processes.add(process)
+        for decision_id, (decision, run, causes) in other._pending.items():
+            entry = self._pending.get(decision_id)
+            if entry is None:
+                entry = self._new_entry(decision_id)
+            for slot, summary in ((0, decision), (1, run)):
+                if summary is None:
+                    continue
+                if entry[slot] is not None:
+                    self.duplicates += 1
+                else:
+                    entry[slot] = summary
+            if causes:
+                entry[2] = [*(entry[2] or ()), *causes]
+            if entry[0] is not None and entry[1] is not None:
+                del self._pending[decision_id]
+                self._pair(entry[0], entry[1], entry[2])
+
     # -- records ----------------------------------------------------------------------------
 
     def add(self, version: int, record: dict[str, Any]) -> None:
+        # the hot path of the report: one call per line, so the helpers are inlined here
+        get = record.get
         event = record["event"]
         self.events[event] += 1
-        when = _finite(record.get("time"))
-        if when is not None:
+        when = get("time")
+        # nan compares unequal to itself; the infinities are no time either
+        if (type(when) is float or type(when) is int) and when == when and when not in _INFINITIES:
             if self.first_time is None or when < self.first_time:
                 self.first_time = when
             if self.last_time is None or when > self.last_time:
                 self.last_time = when
-        pid = record.get("pid")
+        pid = get("pid")
         if type(pid) is int:
-            process = (str(record.get("host")), pid)
+            process = (str(get("host")), pid)
             if process != self._last_process and len(self.processes) < self.max_processes:
                 self.processes.add(process)
                 self._last_process = process
@@ -208,49 +278,55 @@ class Aggregator:
             self._fallback(version, record)
 
     def _decision(self, version: int, record: dict[str, Any]) -> None:
-        if "use_parallel" in record:
-            parallel = record["use_parallel"] is True
-        else:  # version 1 records of the calibrated-explanations adapter say "sequential"
-            parallel = record.get("decision") == "parallel"
-        decision_id = record.get("decision_id") if version >= 2 else None
-        site_name = record.get("call_site") if decision_id else UNLINKED
-        stats = self.site(site_name if isinstance(site_name, str) else UNLINKED)
+        get = record.get
+        said = get("use_parallel")
+        # version 1 records of the calibrated-explanations adapter say "sequential" instead
+        parallel = get("decision") == "parallel" if said is None else said is True
+        decision_id = get("decision_id") if version >= 2 else None
+        site_name = get("call_site") if decision_id else UNLINKED
+        if type(site_name) is not str:
+            site_name = UNLINKED
+        stats = self.sites.get(site_name) or self.site(site_name)
         stats.decisions += 1
         if parallel:
             stats.parallel_decisions += 1
         else:
             stats.serial_decisions += 1
-        stats.reasons[str(record.get("reason"))] += 1
-        if isinstance(record.get("cost_source"), str):
-            stats.cost_sources[record["cost_source"]] += 1
+        reason = str(get("reason"))
+        stats.reasons[reason] += 1
+        source = get("cost_source")
+        if type(source) is str:
+            stats.cost_sources[source] += 1
         if not decision_id:
             self.unlinked_decisions += 1
             return
-        start = _finite(record.get("start_cost_s"))
+        start = _finite(get("start_cost_s"))
         summary = (
             site_name,
             parallel,
-            str(record.get("reason")),
-            _int(record.get("n_instances")),
-            _int(record.get("n_features"), 1),
-            _int(record.get("cpu_budget"), _int(record.get("workers"), 1)),
+            reason,
+            _int(get("n_instances")),
+            _int(get("n_features"), 1),
+            _int(get("cpu_budget"), _int(get("workers"), 1)),
             0.0 if start is None else start,
-            _finite(record.get("estimated_serial_s")),
-            _finite(record.get("estimated_parallel_s")),
+            _finite(get("estimated_serial_s")),
+            _finite(get("estimated_parallel_s")),
         )
         self._link(decision_id, 0, summary)
 
     def _run(self, version: int, record: dict[str, Any]) -> None:
-        decision_id = record.get("decision_id") if version >= 2 else None
+        get = record.get
+        decision_id = get("decision_id") if version >= 2 else None
         if version >= 2:
             serial = record["serial"] is True
         else:  # version 1 run records come from pooled maps; a serial strategy names itself
-            serial = record.get("strategy") in ("sequential", "serial")
-        site_name = record.get("call_site") if decision_id else UNLINKED
-        stats = self.site(site_name if isinstance(site_name, str) else UNLINKED)
-        wall = _finite(record.get("wall_time_s")) or 0.0
-        items = _int(record.get("items"))
-        workers = _int(record.get("workers"), 1)
+            serial = get("strategy") in ("sequential", "serial")
+        site_name = get("call_site") if decision_id else UNLINKED
+        if type(site_name) is not str:
+            site_name = UNLINKED
+        stats = self.sites.get(site_name) or self.site(site_name)
+        wall = _finite(get("wall_time_s")) or 0.0
+        items = _int(get("items"))
         if serial:
             stats.serial_runs += 1
             stats.serial_items += items
@@ -259,13 +335,16 @@ class Aggregator:
             stats.parallel_runs += 1
             stats.parallel_items += items
             stats.parallel_wall_s += wall
-            busy = _finite(record.get("busy_time_s"))
+            busy = _finite(get("busy_time_s"))
             if busy is not None:
                 stats.busy_s += busy
-                stats.capacity_s += workers * wall
-        if isinstance(record.get("error"), str):
-            stats.run_errors[record["error"]] += 1
-        stats.run_fallbacks += _int(record.get("fallbacks"))
+                stats.capacity_s += _int(get("workers"), 1) * wall
+        error = get("error")
+        if type(error) is str:
+            stats.run_errors[error] += 1
+        fallbacks = get("fallbacks")
+        if fallbacks and type(fallbacks) is int:
+            stats.run_fallbacks += fallbacks
         if not decision_id:
             self.unlinked_runs += 1
             return

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from .advice import margin_advice, size_advice
-from .aggregate import MAX_PENDING, SIZE_REASONS, Aggregator, SiteStats
-from .reader import MAX_LISTED_PROBLEMS, SCHEMA_VERSION, Problems, read_records
+from .aggregate import MAX_PENDING, SIZE_REASONS, SiteStats
+from .pieces import count_files
+from .reader import MAX_LISTED_PROBLEMS, SCHEMA_VERSION
 
 #: Problem kinds that are noted but do not skip the line.
 NOTED_KINDS = ("mixed_versions",)
 
 
-def build_report(paths: Sequence[str], *, max_pending: int = MAX_PENDING) -> dict[str, Any]:
-    """Read every file in ``paths`` once, streaming, and return the report as JSON data."""
-    problems = Problems()
-    versions: Counter[int] = Counter()
-    agg = Aggregator(max_pending=max_pending)
-    add = agg.add
-    for version, record in read_records(paths, problems, versions):
-        add(version, record)
+def build_report(
+    paths: Sequence[str], *, max_pending: int = MAX_PENDING, pieces_per_file: int | None = None
+) -> dict[str, Any]:
+    """Read every file in ``paths`` once, streaming, and return the report as JSON data.
+
+    A large file is read in up to ``pieces_per_file`` pieces (default: the CPU budget) in
+    parallel, with the same report (``pieces``); ``pieces_per_file=1`` reads it in one pass.
+    """
+    counted = count_files(paths, max_pending=max_pending, pieces_per_file=pieces_per_file)
+    agg, problems, versions = counted.agg, counted.problems, counted.versions
     agg.finish()
 
     overall = SiteStats()
