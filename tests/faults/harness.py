@@ -29,6 +29,11 @@ EXIT_GRACE_S = 10.0
 
 PRELUDE = '''
 import gc, json, os, signal, sys, threading, time
+
+# a shell runs a background job with SIGINT ignored, and Python then never installs its Ctrl-C
+# handler: a scenario stands for a program run from a terminal, where Ctrl-C raises
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import psutil
 from ce_parallel import ParallelConfig, create_executor
 

@@ -631,10 +631,24 @@ def test_same_inputs_give_the_same_decision(
 
 
 def test_decisions_do_not_depend_on_earlier_maps() -> None:
+    def essentials(d: ParallelDecision) -> tuple[Any, ...]:
+        # the pool's start-up is measured by the map (it depends on this machine's speed) and
+        # the pool is warm afterwards: those numbers may change, the decision and the cost of
+        # the items asked about may not
+        return (
+            d.use_parallel,
+            d.strategy,
+            d.workers,
+            d.reason,
+            d.cost_source,
+            d.per_item_s,
+            d.estimated_serial_s,
+        )
+
     with facade(THREADS) as f:
         before = f.decide_use_parallel(*BIG)
         f.map(square, range(300), n_features=100)
-        assert f.decide_use_parallel(*BIG) == before
+        assert essentials(f.decide_use_parallel(*BIG)) == essentials(before)
 
 
 # -- facade.map --------------------------------------------------------------------------------
