@@ -82,6 +82,9 @@ THREAD_CHUNK_OVERHEAD_S = 15e-6
 PROCESS_CHUNK_OVERHEAD_S = 250e-6
 #: Bytes per second a loky worker receives pickled arguments at.
 PROCESS_BYTES_PER_S = 400e6
+#: Smallest NumPy array, in bytes, that the process strategy sends through shared memory
+#: (``shared_arrays``) instead of pickling it into every chunk that holds it.
+SHARED_ARRAY_MIN_BYTES = 1024 * 1024
 #: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
 JOBLIB_CALL_OVERHEAD_S = 0.0005
 #: Whether process workers are sized by physical cores instead of logical CPUs.
