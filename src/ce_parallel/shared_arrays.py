@@ -206,11 +206,12 @@ def _place(array: Any) -> Handle | None:
     tracker.register(path, "file")
     try:
         try:
-            # reserve the pages first: a full tmpfs then fails here, not with SIGBUS on write
-            os.posix_fallocate(fd, 0, nbytes)
             if array.flags.c_contiguous or array.flags.f_contiguous:
+                # a full file system fails pwrite with ENOSPC; one copy, no page faults here
                 _write_all(fd, memoryview(array.reshape(-1, order="A").view(np.uint8)))
             else:
+                # reserve the pages first: a full tmpfs then fails here, not with SIGBUS later
+                os.posix_fallocate(fd, 0, nbytes)
                 with mmap.mmap(fd, nbytes) as mapped:
                     target = np.ndarray(array.shape, array.dtype, buffer=mapped, order=order)  # type: ignore[arg-type]
                     np.copyto(target, array)

@@ -121,6 +121,33 @@ def test_arrays_nested_in_tuples_and_dicts(executor: ParallelExecutor) -> None:
     assert executor.metrics.fallbacks == 0
 
 
+def _layout(x: Any) -> tuple[float, float, tuple[int, ...], bool]:
+    return float(np.sum(x)), float(x.ravel(order="K")[1]), x.shape, bool(x.flags.writeable)
+
+
+@pytest.mark.timeout(120)
+def test_strided_fortran_and_structured_arrays_keep_their_values(
+    executor: ParallelExecutor,
+) -> None:
+    base = np.arange(4 * LARGE, dtype=np.float64)
+    records = np.zeros(LARGE, dtype=[("a", "i4"), ("b", "f8")])
+    records["a"] = 3
+    items = [
+        base[::2],
+        np.asfortranarray(base.reshape(-1, 4)),
+        base.reshape(4, -1)[:, 1:],
+        base.astype(np.float32),
+    ]
+    got = executor.map(_layout, items)
+    assert got == [(*_layout(a)[:3], False) for a in items]
+    assert executor.map(_records, [records]) == [_records(records)[:1] + (False,)]
+    assert executor.metrics.fallbacks == 0
+
+
+def _records(x: Any) -> tuple[int, bool]:
+    return int(x["a"].sum()), bool(x.flags.writeable)
+
+
 @pytest.mark.timeout(120)
 def test_arrays_bound_into_fn(executor: ParallelExecutor) -> None:
     big = np.full(LARGE, 0.5)
