@@ -280,6 +280,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "back; evaluation/results/full.md payload (32 x 8 MB): ce:processes 0.01x",
     ),
     Heuristic(
+        "SHARED_ARRAY_MIN_BYTES",
+        SHARED_ARRAY_MIN_BYTES,
+        "A shared segment costs a file, a tracker message and a mapping in each worker (about "
+        "0.2-0.4 ms in all) plus one copy at tmpfs speed; a pickled array costs a copy through "
+        "the pipe for every chunk that holds it. From 1 MiB on, sharing wins for one chunk "
+        "already, and by the chunk count for an array bound into fn; joblib uses the same "
+        "1 MiB (max_nbytes='1M').",
+        "evaluation/large_arrays.py (evaluation/results/large_arrays.md, threshold table): PENDING",
+    ),
+    Heuristic(
         "JOBLIB_CALL_OVERHEAD_S",
         JOBLIB_CALL_OVERHEAD_S,
         "The joblib strategy submits chunks to joblib's backend directly (no joblib.Parallel "

@@ -140,7 +140,7 @@ def test_strided_fortran_and_structured_arrays_keep_their_values(
     ]
     got = executor.map(_layout, items)
     assert got == [(*_layout(a)[:3], False) for a in items]
-    assert executor.map(_records, [records]) == [_records(records)[:1] + (False,)]
+    assert executor.map(_records, [records]) == [(*_records(records)[:1], False)]
     assert executor.metrics.fallbacks == 0
 
 
@@ -168,6 +168,30 @@ def test_arrays_bound_into_fn(executor: ParallelExecutor) -> None:
     ]
     assert executor.metrics.fallbacks == 0
     assert segment_files(PARENT) == []
+
+
+def _where(big: Any, x: int) -> tuple[int, int]:
+    return os.getpid(), int(big.__array_interface__["data"][0])
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_maps_a_segment_once_for_all_its_chunks(executor: ParallelExecutor) -> None:
+    big = np.full(LARGE, 1.0)
+    seen = executor.map(functools.partial(_where, big), list(range(16)), chunksize=1)
+    addresses: dict[int, set[int]] = {}
+    for pid, address in seen:
+        addresses.setdefault(pid, set()).add(address)
+    assert PARENT not in addresses
+    assert all(len(found) == 1 for found in addresses.values()), addresses
+
+
+@pytest.mark.timeout(60)
+def test_importing_ce_parallel_does_not_import_numpy() -> None:
+    code = (
+        "import sys, ce_parallel, ce_parallel.strategies.processes; print('numpy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 @pytest.mark.timeout(120)
