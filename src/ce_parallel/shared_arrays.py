@@ -98,6 +98,7 @@ class MapSegments:
         self._by_id: dict[int, tuple[Any, Handle]] = {}
         self._paths: list[str] = []
         self._futures: list[Future[Any]] = []
+        self._finished = 0
         self._ended = False
         self._released = False
         self._on_release = on_release
@@ -149,25 +150,27 @@ class MapSegments:
     def watch(self, futures: list[Future[Any]]) -> None:
         """The segments outlive these futures: a chunk may still be running after its map."""
         with self._lock:
+            if not self._paths:
+                return  # nothing placed: nothing to keep for these chunks
             self._futures.extend(futures)
         for fut in futures:
             fut.add_done_callback(self._one_done)
 
     def _one_done(self, _: Future[Any]) -> None:
-        if self._ended and self._all_done():
-            self.release()
-
-    def _all_done(self) -> bool:
         with self._lock:
-            futures = list(self._futures)
-        # done() is set before the pool's thread runs the callbacks: a map that has seen every
-        # result releases at once, not when the last callback gets round to it
-        return all(fut.done() for fut in futures)
+            self._finished += 1
+            due = self._ended and self._finished >= len(self._futures)
+        if due:
+            self.release()
 
     def end(self) -> None:
         """The map has ended: release now, or once its last submitted chunk is done."""
-        self._ended = True
-        if self._all_done():
+        with self._lock:
+            self._ended = True
+            futures = list(self._futures)
+        # done() is set before the pool's thread runs the callbacks: a map that has seen every
+        # result releases at once, not when the last callback gets round to it
+        if all(fut.done() for fut in futures):
             self.release()
 
     def release(self) -> None:
