@@ -82,6 +82,9 @@ THREAD_CHUNK_OVERHEAD_S = 15e-6
 PROCESS_CHUNK_OVERHEAD_S = 250e-6
 #: Bytes per second a loky worker receives pickled arguments at.
 PROCESS_BYTES_PER_S = 400e6
+#: Smallest NumPy array, in bytes, that the process strategy sends through shared memory
+#: (``shared_arrays``) instead of pickling it into every chunk that holds it.
+SHARED_ARRAY_MIN_BYTES = 256 * 1024
 #: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
 JOBLIB_CALL_OVERHEAD_S = 0.0005
 #: Whether process workers are sized by physical cores instead of logical CPUs.
@@ -275,6 +278,18 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "Arguments reach process workers by pickle through a pipe; the cost grows with bytes.",
         "measured: 16 x 8 MB arrays to 2 loky workers, 413 MB/s one way, 697 MB/s there and "
         "back; evaluation/results/full.md payload (32 x 8 MB): ce:processes 0.01x",
+    ),
+    Heuristic(
+        "SHARED_ARRAY_MIN_BYTES",
+        SHARED_ARRAY_MIN_BYTES,
+        "A shared segment costs a file, a tracker message and a mapping in each worker plus one "
+        "copy into /dev/shm; a pickled array is copied through the pipe for every chunk that "
+        "holds it. Sharing already ties at 64 KiB and wins clearly from 256 KiB, by more for "
+        "an array bound into fn (sent with every chunk).",
+        "python evaluation/large_arrays.py (evaluation/results/large_arrays.md, threshold "
+        "table, quiet machine, 32 arrays, median ms shared vs pickled): 64 KiB 7.8 vs 9.4, "
+        "256 KiB 12.6 vs 23.9, 1 MiB 27.2 vs 92.1, 4 MiB 73.5 vs 282.7; on the loaded machine "
+        "52 KB tied and 13 KB lost (13.8 vs 8.2)",
     ),
     Heuristic(
         "JOBLIB_CALL_OVERHEAD_S",

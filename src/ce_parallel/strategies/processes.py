@@ -4,17 +4,23 @@ loky starts workers with fork+exec (never a bare ``fork`` of a parent that may h
 pickles functions with cloudpickle (so lambdas and closures work) and reports dead workers as
 broken futures, which ``ParallelExecutor`` turns into a recorded fallback. Each worker caps
 numeric libraries at ``budget // workers`` threads, so workers x BLAS threads fit the budget.
+Large NumPy arrays travel through shared memory owned by the map that sends them
+(``ce_parallel.shared_arrays``): each distinct one is copied once per map, not once per chunk.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import threading
 from concurrent.futures import Future
 from typing import Any
 
 from .._loky import loky_package_context
 from ..engine import PooledExecutor
+from ..executor import MapCall
 from ..resources import numeric_thread_env, threads_per_worker
+from ..shared_arrays import MapSegments, run_shared_chunk, sharing_possible
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk, watch_parent
 
 
@@ -23,6 +29,39 @@ class ProcessExecutor(PooledExecutor):
 
     name = "processes"
     _pool: Any = None
+    _map_local: threading.local | None = None
+    _live_segments: set[MapSegments] | None = None
+
+    def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """Run the map with its own shared-memory segments, released once it has ended."""
+        segments = MapSegments(on_release=self._forget_segments)
+        with self._pool_lock:
+            if self._live_segments is None:
+                self._live_segments = set()
+                self._map_local = threading.local()
+            self._live_segments.add(segments)
+        local = self._map_local
+        assert local is not None
+        # submit_chunks runs in this thread, inside the engine's execute
+        outer, local.segments = getattr(local, "segments", None), segments
+        try:
+            return super().execute(call, work, seeds)
+        finally:
+            local.segments = outer
+            segments.end()
+
+    def _forget_segments(self, segments: MapSegments) -> None:
+        with self._pool_lock:
+            if self._live_segments is not None:
+                self._live_segments.discard(segments)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Release the pool, then every segment still held (their maps' chunks are gone)."""
+        super().shutdown(cancel)
+        with self._pool_lock:
+            live = list(self._live_segments or ())
+        for segments in live:
+            segments.release()
 
     def start_pool(self) -> None:
         """Start a loky pool whose workers cap numeric threads and watch this process."""
@@ -47,10 +86,34 @@ class ProcessExecutor(PooledExecutor):
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
         assert pool is not None
-        return [pool.submit(run_chunk, job) for job in jobs]
+        segments = getattr(self._map_local, "segments", None)
+        if segments is None or not sharing_possible():
+            return [pool.submit(run_chunk, job) for job in jobs]
+        futures: list[Future[ChunkOutcome]] = []
+        try:
+            for job in jobs:
+                # pickled and sent one by one: workers start while later arrays are copied
+                try:
+                    payload = segments.dumps(job)
+                except Exception as exc:
+                    futures.append(_unsendable(exc))
+                    continue
+                futures.append(pool.submit(run_shared_chunk, job.start, payload))
+        finally:
+            segments.watch(futures)
+        return futures
 
     def release_pool(self, kill: bool) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, kill_workers=kill)
+
+
+def _unsendable(exc: Exception) -> Future[ChunkOutcome]:
+    # the error loky gives a task it cannot pickle, so the chunk is lost the same way
+    error = pickle.PicklingError("Could not pickle the task to send it to the workers.")
+    error.__cause__ = exc
+    fut: Future[ChunkOutcome] = Future()
+    fut.set_exception(error)
+    return fut

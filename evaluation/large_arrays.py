@@ -1,0 +1,423 @@
+"""Large NumPy arrays sent to workers: wall time against the plain loop, and peak memory.
+
+Case ``payload``: ``np.sum`` over 32 arrays of 8 MB (float64, 1M elements) on
+
+* ``loop``: ``[np.sum(a) for a in arrays]``;
+* ``ce:processes``, ``ce:joblib``, ``ce:threads``: ``create_executor(ParallelConfig(
+  enabled=True, strategy=..., max_workers=2))``, one executor per strategy kept warm across the
+  repeats (its first, cold map is reported apart);
+* ``ce:processes-pickled``: the same executor with arrays pickled into every chunk (the
+  shared-memory threshold raised above the arrays' size), i.e. the strategy before sharing;
+* ``cf:threads``, ``cf:processes``: ``concurrent.futures.ThreadPoolExecutor(2)`` /
+  ``ProcessPoolExecutor(2)``, each kept warm, ``list(pool.map(np.sum, arrays))``;
+* ``joblib.Parallel``: ``Parallel(n_jobs=2)(delayed(np.sum)(a) for a in arrays)``.
+
+Runners are interleaved within each repeat; the numbers are medians of ``--repeats``, and
+ratios are the loop's time over the runner's (above 1 is faster than the loop).
+
+Case ``bound``: one 400 MB array bound into ``functools.partial(part_sum, big)`` over 16 tasks
+(each sums a 16th of it) on ``ce:processes`` against the loop; while each runs, a sampler reads
+every 20 ms the parent and all its children: the sum of USS, of PSS and of RSS, and the bytes
+our shared-memory segments hold in ``/dev/shm`` (which no process's USS counts).
+
+Case ``threshold``: ``ce:processes`` shared vs pickled over 32 arrays of several sizes, the
+evidence for ``heuristics.SHARED_ARRAY_MIN_BYTES``.
+
+Usage::
+
+    python evaluation/large_arrays.py [--repeats 5] [--scale 1.0] [--out-dir evaluation/results]
+
+``--scale`` shrinks every array (for a quick check of the script). Writes ``large_arrays.json``,
+``large_arrays.md`` and ``large_arrays.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psutil
+
+from ce_parallel import ParallelConfig, create_executor, heuristics
+from ce_parallel.shared_arrays import segment_files
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT_DIR = os.path.join(HERE, "results")
+WORKERS = 2
+TASKS = 16
+SAMPLE_S = 0.02
+NEVER = 1 << 62
+
+
+def part_sum(big: Any, i: int) -> float:
+    """The sum of the ``i``-th of ``TASKS`` equal parts of ``big``."""
+    n = big.shape[0]
+    return float(big[i * n // TASKS : (i + 1) * n // TASKS].sum())
+
+
+def _ce(strategy: str) -> Any:
+    return create_executor(ParallelConfig(enabled=True, strategy=strategy, max_workers=WORKERS))
+
+
+class Sharing:
+    """Sets the shared-memory threshold for the duration of a run (``NEVER``: pickle all)."""
+
+    def __init__(self, min_bytes: int) -> None:
+        self.min_bytes = min_bytes
+
+    def __enter__(self) -> None:
+        self.saved = heuristics.SHARED_ARRAY_MIN_BYTES
+        heuristics.SHARED_ARRAY_MIN_BYTES = self.min_bytes
+
+    def __exit__(self, *exc: Any) -> None:
+        heuristics.SHARED_ARRAY_MIN_BYTES = self.saved
+
+
+def _timed(run: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = run()
+    return time.perf_counter() - started, out
+
+
+def payload_runners(pools: dict[str, Any]) -> dict[str, Callable[[list[Any]], list[Any]]]:
+    from joblib import Parallel, delayed
+
+    def pickled(arrays: list[Any]) -> list[Any]:
+        with Sharing(NEVER):
+            return pools["ce:processes"].map(np.sum, arrays)
+
+    return {
+        "loop": lambda arrays: [np.sum(a) for a in arrays],
+        "ce:processes": lambda arrays: pools["ce:processes"].map(np.sum, arrays),
+        "ce:processes-pickled": pickled,
+        "ce:joblib": lambda arrays: pools["ce:joblib"].map(np.sum, arrays),
+        "ce:threads": lambda arrays: pools["ce:threads"].map(np.sum, arrays),
+        "cf:threads": lambda arrays: list(pools["cf:threads"].map(np.sum, arrays)),
+        "cf:processes": lambda arrays: list(pools["cf:processes"].map(np.sum, arrays)),
+        "joblib.Parallel": lambda arrays: Parallel(n_jobs=WORKERS)(
+            delayed(np.sum)(a) for a in arrays
+        ),
+    }
+
+
+def run_payload(repeats: int, scale: float) -> dict[str, Any]:
+    size = max(1, int(1_000_000 * scale))
+    arrays = [np.random.default_rng(i).random(size) for i in range(32)]
+    expected = [np.sum(a) for a in arrays]
+    pools: dict[str, Any] = {}
+    cold: dict[str, float] = {}
+    for strategy in ("processes", "joblib", "threads"):
+        ex = pools[f"ce:{strategy}"] = _ce(strategy)
+        cold[f"ce:{strategy}"], got = _timed(functools.partial(ex.map, np.sum, arrays))
+        assert got == expected, strategy
+    pools["cf:threads"] = cf.ThreadPoolExecutor(WORKERS)
+    pools["cf:processes"] = cf.ProcessPoolExecutor(WORKERS)
+    runners = payload_runners(pools)
+    for name in ("cf:threads", "cf:processes", "joblib.Parallel"):
+        cold[name], _ = _timed(lambda: runners[name](arrays))  # noqa: B023 - called at once
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    try:
+        for _ in range(repeats):
+            for name, run in runners.items():
+                seconds, got = _timed(lambda: run(arrays))  # noqa: B023 - called at once
+                assert list(got) == expected, name
+                times[name].append(seconds)
+        fallbacks = {k: v.metrics.fallbacks for k, v in pools.items() if k.startswith("ce:")}
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    loop = statistics.median(times["loop"])
+    return {
+        "arrays": 32,
+        "array_bytes": int(arrays[0].nbytes),
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "ratio_vs_loop": {k: loop / statistics.median(v) for k, v in times.items()},
+        "all_s": times,
+        "cold_first_map_s": cold,
+        "fallbacks": fallbacks,
+    }
+
+
+class Sampler:
+    """Peak sums over this process and its children, sampled every ``SAMPLE_S`` seconds."""
+
+    def __init__(self) -> None:
+        self.peak = {"uss": 0, "pss": 0, "rss": 0, "shm": 0, "uss_plus_shm": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self.sample()
+        self.idle = dict(self.peak)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.sample()
+
+    def sample(self) -> None:
+        me = psutil.Process()
+        now = {"uss": 0, "pss": 0, "rss": 0}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                info = proc.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            now["uss"] += info.uss
+            now["pss"] += getattr(info, "pss", 0)
+            now["rss"] += info.rss
+        shm = 0
+        for path in segment_files(os.getpid()):
+            with contextlib.suppress(OSError):
+                shm += os.stat(path).st_blocks * 512
+        now["shm"] = shm
+        now["uss_plus_shm"] = now["uss"] + shm
+        for key, value in now.items():
+            self.peak[key] = max(self.peak[key], value)
+
+
+def run_bound(repeats: int, scale: float) -> dict[str, Any]:
+    size = max(TASKS, int(50_000_000 * scale))
+    big = np.random.default_rng(0).random(size)
+    fn = functools.partial(part_sum, big)
+    expected = [fn(i) for i in range(TASKS)]
+    ex = _ce("processes")
+    cold, got = _timed(lambda: ex.map(fn, range(TASKS)))
+    assert got == expected
+    runners: dict[str, Callable[[], list[Any]]] = {
+        "loop": lambda: [fn(i) for i in range(TASKS)],
+        "ce:processes": lambda: ex.map(fn, range(TASKS)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    peaks: dict[str, list[dict[str, int]]] = {name: [] for name in runners}
+    idle: dict[str, list[int]] = {name: [] for name in runners}
+    try:
+        for _ in range(repeats):
+            for name, run in runners.items():
+                time.sleep(1.0)  # workers' janitors unmap the last map's segment meanwhile
+                with Sampler() as sampler:
+                    seconds, got = _timed(run)
+                assert got == expected, name
+                times[name].append(seconds)
+                peaks[name].append(dict(sampler.peak))
+                idle[name].append(sampler.idle["uss"])
+        fallbacks = ex.metrics.fallbacks
+    finally:
+        ex.shutdown()
+    loop = statistics.median(times["loop"])
+    return {
+        "array_bytes": int(big.nbytes),
+        "tasks": TASKS,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "ratio_vs_loop": {k: loop / statistics.median(v) for k, v in times.items()},
+        "cold_first_map_s": cold,
+        "peak_bytes": {
+            name: {key: max(p[key] for p in runs) for key in runs[0]}
+            for name, runs in peaks.items()
+        },
+        "idle_uss_bytes": {k: min(v) for k, v in idle.items()},
+        "all_s": times,
+        "fallbacks": fallbacks,
+    }
+
+
+def run_threshold(repeats: int, scale: float) -> dict[str, Any]:
+    sizes = [int(kib * 1024 * scale) for kib in (64, 256, 1024, 4096)]
+    ex = _ce("processes")
+    ex.map(np.sum, [np.ones(8)] * 4)  # warm
+    out: dict[str, Any] = {}
+    try:
+        for nbytes in sizes:
+            arrays = [np.full(max(1, nbytes // 8), float(i)) for i in range(32)]
+            times: dict[str, list[float]] = {"shared": [], "pickled": []}
+            for _ in range(repeats):
+                for mode, threshold in (("shared", 1), ("pickled", NEVER)):
+                    with Sharing(threshold):
+                        seconds, _ = _timed(lambda: ex.map(np.sum, arrays))  # noqa: B023
+                    times[mode].append(seconds)
+            out[str(int(arrays[0].nbytes))] = {k: statistics.median(v) for k, v in times.items()}
+    finally:
+        ex.shutdown()
+    return out
+
+
+def write_md(results: dict[str, Any], path: str) -> None:
+    p, b, t = results["payload"], results["bound"], results["threshold"]
+    mb = 1024 * 1024
+    loop_p = p["median_s"]["loop"]
+    lines = [
+        "# Large arrays: shared memory for the processes strategy",
+        "",
+        "Produced by `python evaluation/large_arrays.py` "
+        f"(repeats {results['repeats']}, scale {results['scale']}).",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
+        f"before {results['loadavg_before']}, after {results['loadavg_after']}.",
+        "",
+        f"## 32 arrays of {p['array_bytes'] / mb:.1f} MiB, `np.sum` per item",
+        "",
+        "Medians of the interleaved repeats; `x loop` is the loop's time over the runner's "
+        "(above 1: faster than the loop). `cold` is each runner's first map, pool start "
+        "included.",
+        "",
+        "| runner | median ms | x loop | cold first map ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, seconds in p["median_s"].items():
+        cold = p["cold_first_map_s"].get(name)
+        lines.append(
+            f"| {name} | {seconds * 1e3:.1f} | {loop_p / seconds:.2f} | "
+            f"{'' if cold is None else f'{cold * 1e3:.0f}'} |"
+        )
+    lines += [
+        "",
+        f"Fallbacks on the ce executors: {p['fallbacks']}.",
+        "",
+        f"## One {b['array_bytes'] / mb:.0f} MiB array bound into a partial, {b['tasks']} tasks",
+        "",
+        "| runner | median ms | x loop | idle USS MiB | peak USS MiB | peak PSS MiB "
+        "| peak RSS MiB | peak /dev/shm MiB | peak USS + shm MiB | (USS + shm) / array |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, seconds in b["median_s"].items():
+        peak = b["peak_bytes"][name]
+        lines.append(
+            f"| {name} | {seconds * 1e3:.0f} | {b['ratio_vs_loop'][name]:.2f} | "
+            f"{b['idle_uss_bytes'][name] / mb:.0f} | {peak['uss'] / mb:.0f} | "
+            f"{peak['pss'] / mb:.0f} | {peak['rss'] / mb:.0f} | "
+            f"{peak['shm'] / mb:.0f} | {peak['uss_plus_shm'] / mb:.0f} | "
+            f"{peak['uss_plus_shm'] / b['array_bytes']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Cold first map of ce:processes: {b['cold_first_map_s'] * 1e3:.0f} ms; fallbacks: "
+        f"{b['fallbacks']}. Peaks are sums over the parent and all its children (workers, "
+        "resource tracker), the largest over the repeats; `idle` is the same sum just before "
+        "a run, the array already allocated in the parent. USS leaves out pages mapped by more "
+        "than one process and the segment's pages in /dev/shm that no process maps, so "
+        "`USS + shm` is the footprint to compare with the array.",
+        "",
+        "## The issue's targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *_targets(p, b),
+        "",
+        "## Threshold: ce:processes, 32 arrays, shared vs pickled (median ms)",
+        "",
+        "| array bytes | shared | pickled |",
+        "|---:|---:|---:|",
+    ]
+    for nbytes, row in t.items():
+        shared, pickled = row["shared"] * 1e3, row["pickled"] * 1e3
+        lines.append(f"| {int(nbytes):,} | {shared:.1f} | {pickled:.1f} |")
+    lines.append("")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
+def _targets(p: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    ratio = p["ratio_vs_loop"]
+    rows = [
+        (f"{name} >= 0.9x the loop", f"{ratio[name]:.2f}x", ratio[name] >= 0.9)
+        for name in ("ce:processes", "ce:joblib")
+    ]
+    rows.append(
+        (
+            "ce:threads >= cf:threads",
+            f"{ratio['ce:threads']:.2f}x vs {ratio['cf:threads']:.2f}x",
+            ratio["ce:threads"] >= ratio["cf:threads"],
+        )
+    )
+    peak = b["peak_bytes"]["ce:processes"]
+    for kind in ("uss", "pss", "uss_plus_shm", "rss"):
+        share = peak[kind] / b["array_bytes"]
+        rows.append((f"peak {kind} < 1.5x the array (bound case)", f"{share:.2f}x", share < 1.5))
+    extra = (peak["uss_plus_shm"] - b["idle_uss_bytes"]["ce:processes"]) / b["array_bytes"]
+    lines = [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in rows]
+    lines.append(
+        f"| (for reference) peak USS + shm - idle USS: what the map adds | {extra:.2f}x | |"
+    )
+    return lines
+
+
+def write_png(results: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ratios = results["payload"]["ratio_vs_loop"]
+    names = list(ratios)
+    left.barh(names, [ratios[n] for n in names], color="tab:blue")
+    left.axvline(1.0, color="black", lw=0.8)
+    left.axvline(0.9, color="tab:red", lw=0.8, ls="--", label="target 0.9x")
+    left.set_xscale("log")
+    left.set_xlabel("speed vs the plain loop (log; above 1 is faster)")
+    left.set_title("32 x 8 MB arrays, np.sum per item")
+    left.legend(loc="lower right")
+    bound = results["bound"]
+    mb = 1024 * 1024
+    kinds = ["uss", "pss", "rss", "uss_plus_shm"]
+    width = 0.35
+    for k, name in enumerate(bound["peak_bytes"]):
+        values = [bound["peak_bytes"][name][kind] / mb for kind in kinds]
+        right.bar([i + k * width for i in range(len(kinds))], values, width, label=name)
+    right.axhline(1.5 * bound["array_bytes"] / mb, color="tab:red", ls="--", label="1.5x array")
+    right.set_xticks([i + width / 2 for i in range(len(kinds))], kinds)
+    right.set_ylabel("peak MiB, parent + children")
+    right.set_title(f"{bound['array_bytes'] / mb:.0f} MB array bound into a partial")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR)
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {
+        "repeats": args.repeats,
+        "scale": args.scale,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    # the bound case first: no other pool's idle workers are then counted in its memory
+    results["bound"] = run_bound(args.repeats, args.scale)
+    results["payload"] = run_payload(args.repeats, args.scale)
+    results["threshold"] = run_threshold(args.repeats, args.scale)
+    results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "large_arrays.json"), "w") as fh:
+        json.dump(results, fh, indent=2)
+    write_md(results, os.path.join(args.out_dir, "large_arrays.md"))
+    write_png(results, os.path.join(args.out_dir, "large_arrays.png"))
+    with open(os.path.join(args.out_dir, "large_arrays.md")) as fh:
+        print(fh.read())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
