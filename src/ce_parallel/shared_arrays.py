@@ -202,11 +202,14 @@ def _place(array: Any) -> Handle | None:
     name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     path = os.path.join(SHM_DIR, name)
     tracker = _tracker()
+    # registered before the file exists: a parent killed in between leaves the tracker a name
+    # to remove, never a file nobody will remove
+    tracker.register(path, "file")
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:
+        tracker.unregister(path, "file")
         return None
-    tracker.register(path, "file")
     try:
         try:
             if array.flags.c_contiguous or array.flags.f_contiguous:
