@@ -35,7 +35,7 @@ from .errors import (
     SerializationError,
 )
 from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_executor
-from .handoff import lost_chunks_error, record_fallback
+from .handoff import lost_chunks_error, record_fallback, start_failed
 from .serial_loop import check_call
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
 
@@ -216,21 +216,7 @@ class PooledExecutor(ParallelExecutor):
         step; the next executor lives for this map only, so the next map tries this strategy's
         pool again, and its own start failure is the next step of the chain.
         """
-        recover = self.config.fallback_to_serial
-        following = self.record.start_fallback if recover else "raise"
-        # whatever the failure, no worker ran: the backend is what is unavailable
-        error_type = record_fallback(
-            self,
-            exc,
-            action="serial" if following == "sequential" else following,
-            items=len(work),
-            stage="start",
-        )
-        if not recover:
-            raise error_type(
-                f"strategy {self.name!r} could not start its pool: {type(exc).__name__}: {exc}",
-                incomplete=range(len(work)),
-            ) from exc
+        following = start_failed(self, exc, len(work))
         if following in ("sequential", self.name):
             return self.run_serially(call, work, seeds)
         next_executor = create_executor(

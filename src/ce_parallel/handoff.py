@@ -114,6 +114,29 @@ def lost_chunks_error(
     return error
 
 
+def start_failed(owner: ParallelExecutor, failure: BaseException, items: int) -> str:
+    """``owner``'s pool could not start: record the fallback step, and return the strategy the
+    chain goes on with (``owner``'s ``start_fallback``), or raise the typed error listing every
+    item when the config's fallback is ``raise``."""
+    recover = owner.config.fallback_to_serial
+    following = owner.record.start_fallback if recover else "raise"
+    # whatever the failure, no worker ran: the backend is what is unavailable
+    error_type = record_fallback(
+        owner,
+        failure,
+        action="serial" if following == "sequential" else following,
+        items=items,
+        stage="start",
+    )
+    if not recover:
+        raise error_type(
+            f"strategy {owner.name!r} could not start its pool: "
+            f"{type(failure).__name__}: {failure}",
+            incomplete=range(items),
+        ) from failure
+    return following
+
+
 @dataclass
 class Target:
     """The pooled executor that runs the chunks, or None for the calling thread.
@@ -162,23 +185,9 @@ def resolve_target(executor: ParallelExecutor, items: int = 0) -> Target:
         try:
             current.start_pool()
         except Exception as exc:
-            recover = current.config.fallback_to_serial
-            following = current.record.start_fallback if recover else "raise"
-            error_type = record_fallback(
-                current,
-                exc,
-                action="serial" if following == "sequential" else following,
-                items=items,
-                stage="start",
-            )
             if owned:
                 current.shutdown(cancel=True)
-            if not recover:
-                raise error_type(
-                    f"strategy {current.name!r} could not start its pool: "
-                    f"{type(exc).__name__}: {exc}",
-                    incomplete=range(items),
-                ) from exc
+            following = start_failed(current, exc, items)
             if following in ("sequential", current.name):
                 return Target(None)
             current = create_executor(
@@ -214,6 +223,7 @@ __all__ = [
     "lost_chunks_error",
     "record_fallback",
     "resolve_target",
+    "start_failed",
     "submits_incrementally",
     "tracked",
 ]
