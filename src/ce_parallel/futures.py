@@ -106,6 +106,23 @@ def _settle(fut: Future[Any], value: Any = None, error: BaseException | None = N
             fut.set_result(value)
 
 
+def _settle_serially(owner: Any, job: ChunkJob, outer: Future[Any], single: bool) -> None:
+    """Run the chunk with the one serial loop, in this thread, into the caller's future."""
+    try:
+        results = run_serially(
+            MapCall(job.fn),
+            job.items,
+            None,
+            strategy=owner.name,
+            metrics=owner.metrics,
+            offset=job.start,
+        )
+    except Exception as exc:
+        _settle(outer, error=exc)
+    else:
+        _settle(outer, results[0] if single else results)
+
+
 class _Batches:
     """Sends chunks in whole batches, each awaited before the next, from one thread.
 
@@ -314,21 +331,13 @@ class CeFuturesExecutor(Executor):
         from .engine import PooledExecutor
 
         owner = self._executor
-        call = MapCall(job.fn)
         own_loop = not isinstance(owner, PooledExecutor) and not owner.record.chooses
+        if not (job.start == 0 and own_loop):
+            _settle_serially(owner, job, outer, single)
+            return
         try:
-            if job.start == 0 and own_loop:
-                # the strategy's own execute: its once-per-worker initializer runs as for map
-                results = owner.execute(call, list(job.items), None)
-            else:
-                results = run_serially(
-                    call,
-                    job.items,
-                    None,
-                    strategy=owner.name,
-                    metrics=owner.metrics,
-                    offset=job.start,
-                )
+            # the strategy's own execute: its once-per-worker initializer runs as for map
+            results = owner.execute(MapCall(job.fn), list(job.items), None)
         except Exception as exc:
             _settle(outer, error=exc)
         else:
@@ -404,16 +413,4 @@ class CeFuturesExecutor(Executor):
         if broken:
             # a pool with a dead worker is replaced; the next task starts a fresh one
             ex.release_pool(kill=True)
-        try:
-            results = run_serially(
-                MapCall(job.fn),
-                job.items,
-                None,
-                strategy=ex.name,
-                metrics=ex.metrics,
-                offset=job.start,
-            )
-        except Exception as exc:
-            _settle(outer, error=exc)
-        else:
-            _settle(outer, results[0] if single else results)
+        _settle_serially(ex, job, outer, single)
