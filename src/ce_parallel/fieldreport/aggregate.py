@@ -126,30 +126,24 @@ class SizeEvidence:
     dropped: int = 0
 
     def add(self, size: int, wall: float, left: float) -> None:
-        row = self.by_size.get(size)
-        if row is None:
-            if len(self.by_size) >= self.max_sizes:
-                self.dropped += 1
-                return
-            row = self.by_size[size] = [0, 0, 0.0, 0.0]
-        row[0] += 1
-        row[1] += left > 0
-        row[2] += wall
-        row[3] += left
+        self._add(size, 1, left > 0, wall, left)
 
     def merge(self, other: SizeEvidence) -> None:
         for size, (decisions, gainers, wall, left) in other.by_size.items():
-            row = self.by_size.get(size)
-            if row is None:
-                if len(self.by_size) >= self.max_sizes:
-                    self.dropped += int(decisions)
-                    continue
-                row = self.by_size[size] = [0, 0, 0.0, 0.0]
-            row[0] += decisions
-            row[1] += gainers
-            row[2] += wall
-            row[3] += left
+            self._add(size, int(decisions), int(gainers), wall, left)
         self.dropped += other.dropped
+
+    def _add(self, size: int, decisions: int, gainers: int, wall: float, left: float) -> None:
+        row = self.by_size.get(size)
+        if row is None:
+            if len(self.by_size) >= self.max_sizes:
+                self.dropped += decisions
+                return
+            row = self.by_size[size] = [0, 0, 0.0, 0.0]
+        row[0] += decisions
+        row[1] += gainers
+        row[2] += wall
+        row[3] += left
 
 
 @dataclass
@@ -234,21 +228,12 @@ class Aggregator:
                 break
             self.processes.add(process)
         for decision_id, (decision, run, causes) in other._pending.items():
-            entry = self._pending.get(decision_id)
-            if entry is None:
-                entry = self._new_entry(decision_id)
-            for slot, summary in ((0, decision), (1, run)):
-                if summary is None:
-                    continue
-                if entry[slot] is not None:
-                    self.duplicates += 1
-                else:
-                    entry[slot] = summary
+            # the causes first: a pair completed below is compared with its fallbacks
             if causes:
-                entry[2] = [*(entry[2] or ()), *causes]
-            if entry[0] is not None and entry[1] is not None:
-                del self._pending[decision_id]
-                self._pair(entry[0], entry[1], entry[2])
+                self._add_causes(decision_id, causes)
+            for slot, summary in ((0, decision), (1, run)):
+                if summary is not None:
+                    self._link(decision_id, slot, summary)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -358,14 +343,17 @@ class Aggregator:
         if not decision_id:
             self.site(UNLINKED).fallbacks[cause] += 1
             return
+        self._add_causes(decision_id, [cause])
+
+    # -- linking ----------------------------------------------------------------------------
+
+    def _add_causes(self, decision_id: str, causes: list[str]) -> None:
         entry = self._pending.get(decision_id)
         if entry is None:
             entry = self._new_entry(decision_id)
         if entry[2] is None:
             entry[2] = []
-        entry[2].append(cause)
-
-    # -- linking ----------------------------------------------------------------------------
+        entry[2].extend(causes)
 
     def _new_entry(self, decision_id: str) -> list[Any]:
         if len(self._pending) >= self._max_pending:

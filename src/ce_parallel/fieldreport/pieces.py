@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .aggregate import MAX_PENDING, Aggregator
-from .reader import MAX_LISTED_PROBLEMS, Problems, RangeState, read_range
+from .reader import MAX_LISTED_PROBLEMS, Problem, Problems, RangeState, read_range
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,8 @@ def join(pieces: Sequence[Piece], counts: Sequence[PieceCount]) -> PieceCount:
             line = first[1] + lines_before
             total.problems.counts["mixed_versions"] += 1
             message = f"version {first[0]} records follow version {last_version} ones"
-            extra = Problems()
-            extra.add(piece.path, line, "mixed_versions", message)
-            listed.append((piece.number, line, extra.listed[0]))
+            problem = Problem(piece.path, line, "mixed_versions", message)
+            listed.append((piece.number, line, problem))
         if count.state.last is not None:
             last_version = count.state.last
         lines_before += count.state.lines
