@@ -38,6 +38,7 @@ from typing import Any
 
 from . import telemetry
 from .checks import check_int, check_seconds
+from .engine import POLL_INTERVAL_S
 from .errors import BackendUnavailableError, ParallelExecutionError, SerializationError
 from .executor import (
     MapCall,
@@ -71,8 +72,6 @@ STREAM_CHUNK_TARGET_S = 0.05
 #: (``workers x STREAM_CHUNKS_IN_FLIGHT_PER_WORKER x`` this many items and results) however
 #: cheap the items are. See evaluation/streaming_memory.py.
 STREAM_MAX_CHUNK_ITEMS = 2048
-#: How often (seconds) a waiting stream wakes to check its deadline and cancel flag.
-STREAM_POLL_S = 0.05
 
 
 def imap(
@@ -272,7 +271,7 @@ class _PooledStream:
                         return
                     continue
                 check_call(call, ex.name, ex.metrics, self.yielded)
-                timeout = STREAM_POLL_S
+                timeout = POLL_INTERVAL_S
                 if call.deadline is not None:
                     timeout = max(0.0, min(timeout, call.deadline - time.monotonic()))
                 done, _ = wait(list(self.pending), timeout=timeout, return_when=FIRST_COMPLETED)
