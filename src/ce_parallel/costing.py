@@ -9,7 +9,8 @@ The facade and ``auto`` both go through here, so they measure and remember the s
 4. When nothing can be measured: ``assumed`` (the gate's count rules and assumed cost decide).
 
 After the run, ``check_run`` compares what it took with what was predicted; a run more than
-``RECHECK_FACTOR`` off replaces what was remembered, so one misjudged pilot is not kept for ever.
+``RECHECK_FACTOR`` off replaces what was remembered, so one misjudged pilot is not kept for ever
+(runs and predictions both under ``RECHECK_MIN_S`` are too short to judge).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .costs import MEMORY, Measurement
-from .heuristics import RECHECK_FACTOR
+from .heuristics import RECHECK_FACTOR, RECHECK_MIN_S
 from .pilot import PilotError, pickled_size, pilot, time_first_items
 
 
@@ -167,7 +168,7 @@ def check_run(
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
-    if predicted_s <= 0 or wall_s <= 0:
+    if predicted_s <= 0 or wall_s <= 0 or max(wall_s, predicted_s) < RECHECK_MIN_S:
         return False
     if abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
         return False

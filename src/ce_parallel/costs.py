@@ -108,6 +108,9 @@ class CostMemory:
         self._size = size
         self._functions: OrderedDict[Hashable, Measurement] = OrderedDict()
         self._starts: dict[str, float] = {}
+        #: Changes whenever what is remembered changes: a decision taken from the memory at one
+        #: generation can be reused, without asking again, while the generation is the same.
+        self.generation = 0
 
     def key(self, fn: Callable[..., Any]) -> Hashable | None:
         """The key ``fn`` is remembered under (see ``function_key``)."""
@@ -118,6 +121,7 @@ class CostMemory:
             stale = [k for k in self._functions if k == dead or _holds(k, dead)]
             for k in stale:
                 del self._functions[k]
+            self.generation += 1
 
     def remember_fn(self, fn: Callable[..., Any], measurement: Measurement) -> Hashable | None:
         """Remember ``measurement`` for ``fn``; return its key (None: ``fn`` cannot be keyed).
@@ -141,6 +145,7 @@ class CostMemory:
     def _drop(self, key: Hashable) -> None:
         with self._lock:
             self._functions.pop(key, None)
+            self.generation += 1
 
     def recall(self, key: Hashable | None) -> Measurement | None:
         """The measurement remembered under ``key``, if any."""
@@ -159,6 +164,7 @@ class CostMemory:
         with self._lock:
             self._functions[key] = measurement
             self._functions.move_to_end(key)
+            self.generation += 1
             while len(self._functions) > self._size:
                 self._functions.popitem(last=False)
 
@@ -177,12 +183,14 @@ class CostMemory:
         with self._lock:
             known = self._starts.get(strategy)
             self._starts[strategy] = seconds if known is None else min(known, seconds)
+            self.generation += 1
 
     def clear(self) -> None:
         """Forget everything (tests and benchmarks start from a clean memory)."""
         with self._lock:
             self._functions.clear()
             self._starts.clear()
+            self.generation += 1
 
 
 def _holds(key: Hashable, dead: Any) -> bool:

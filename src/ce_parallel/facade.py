@@ -36,15 +36,17 @@ from .callers import (
 )
 from .checks import check_int, rejected
 from .config import ENV_FULL, ParallelConfig, operator_switch
+from .costs import MEMORY
 from .decision import FullMatrixWarning, ParallelDecision
 from .executor import shift_item_index, spawn_seeds
 from .gate import Ground, Question, decide
 from .metrics import ParallelMetrics
-from .pools import FacadePools
+from .pools import FacadePools, warm_generation
 from .registry import conservative_strategies, strategy_records
 from .resources import Resources, detect_resources
+from .serial_loop import SERIAL_BLOCK_TARGET_S, run_one_block
 from .telemetry import TelemetryCallback, emit, linked, wanted
-from .worker import IN_WORKER_ENV
+from .worker import IN_WORKER_ENV, in_worker
 
 R = TypeVar("R")
 
@@ -124,6 +126,8 @@ class ParallelFacade:
         self._lock = threading.Lock()
         self._warned_full_matrix = False
         self._decisions: dict[tuple[Any, ...], ParallelDecision] = {}
+        #: serial decisions of repeated maps, run without asking again (``_repeat_key``)
+        self._repeats: dict[tuple[Any, ...], tuple[ParallelDecision, costing.Costing | None]] = {}
         self._closed = False
         self.last_decision: ParallelDecision | None = None
 
@@ -214,7 +218,9 @@ class ParallelFacade:
         if measurement is not None and measurement.fn_bytes:
             fn_bytes = measurement.fn_bytes
         question = Question(
-            library_serial=joblib_says_serial(target) if chosen is None else None,
+            library_serial=(
+                joblib_says_serial(target, self.resources.budget.count) if chosen is None else None
+            ),
             n_instances=n_instances,
             n_features=n_features,
             n_items=n_items,
@@ -320,6 +326,14 @@ class ParallelFacade:
         if self._closed:
             raise RuntimeError("this ParallelFacade has been closed; create a new one")
         work = items if isinstance(items, list) else list(items)
+        repeat = None
+        if executor is None and seed is None and timeout is None and not progress:
+            repeat = self._repeat_key(
+                fn, len(work), n_instances, n_features, bytes_hint, seconds_per_item
+            )
+            known = None if repeat is None else self._repeats.get(repeat)
+            if known is not None:
+                return self._run_repeat(known, fn, work)
         instances = len(work) if n_instances is None else n_instances
         self._check_question(instances, n_features, bytes_hint, seconds_per_item, executor)
         recorded = wanted(self.config.telemetry, self.config.telemetry_path)
@@ -330,6 +344,10 @@ class ParallelFacade:
         decision, given = self._decide(
             instances, n_features, bytes_hint, executor, cost, len(work) - done, site
         )
+        if repeat is not None and self._repeatable(decision, cost, len(work)):
+            if len(self._repeats) >= DECISION_CACHE_SIZE:
+                self._repeats.clear()
+            self._repeats[repeat] = (decision, cost)
         rest = work[done:] if done else work
         rest_seeds = seeds[done:] if seeds is not None and done else seeds
         started = time.perf_counter()
@@ -348,9 +366,24 @@ class ParallelFacade:
             shift_item_index(exc, done, decision.strategy)
             raise
         wall = time.perf_counter() - started
-        if cost is None and rest and decision.reason in _MEASURING_REASONS:
+        self._after_run(fn, decision, cost, len(rest), wall)
+        if not done:
+            return tail
+        tail[:0] = cost.head if cost is not None else []
+        return tail
+
+    def _after_run(
+        self,
+        fn: Callable[..., Any],
+        decision: ParallelDecision,
+        cost: costing.Costing | None,
+        items: int,
+        wall: float,
+    ) -> None:
+        """Learn from the run: what a serial run measured, or how far off its prediction was."""
+        if cost is None and items and decision.reason in _MEASURING_REASONS:
             # the serial run measured what the items cost: the next map of fn decides on it
-            costing.learn(fn, wall / len(rest), len(rest))
+            costing.learn(fn, wall / items, items)
         elif cost is not None and not (decision.use_parallel and decision.start_cost_s > 0):
             # a run checks the measurement it was predicted from; the first run of a cold pool
             # is not typical of the pool (its start-up is measured on its own instead)
@@ -359,11 +392,86 @@ class ParallelFacade:
                 if decision.use_parallel
                 else decision.estimated_serial_s
             )
-            costing.check_run(cost, decision.strategy, len(rest), wall, predicted)
-        if not done:
-            return tail
-        tail[:0] = cost.head if cost is not None else []
-        return tail
+            costing.check_run(cost, decision.strategy, items, wall, predicted)
+
+    # -- repeated questions --------------------------------------------------------------------
+
+    def _repeat_key(
+        self,
+        fn: Callable[..., Any],
+        n: int,
+        n_instances: Any,
+        n_features: Any,
+        bytes_hint: Any,
+        seconds_per_item: Any,
+    ) -> tuple[Any, ...] | None:
+        """What a map's decision depends on, when it can be recognised cheaply; else None.
+
+        The arguments (by value and type, so that a value once validated is the same value),
+        the function's weak key, the asking thread and process (nesting is theirs), the cost
+        memory's and the pools' generations, and an active ``joblib.parallel_config``.
+        """
+        if (
+            self._executor is not None
+            or type(n_features) is not int
+            or (n_instances is not None and type(n_instances) is not int)
+            or (bytes_hint is not None and type(bytes_hint) is not int)
+            or (seconds_per_item is not None and type(seconds_per_item) is not float)
+        ):
+            return None
+        fn_key = MEMORY.key(fn)
+        if fn_key is None:
+            return None
+        return (
+            fn_key,
+            n,
+            n_instances,
+            n_features,
+            bytes_hint,
+            seconds_per_item,
+            threading.get_ident(),
+            os.getpid(),
+            in_worker(),
+            MEMORY.generation,
+            warm_generation(),
+            joblib_says_serial(self.config.strategy, self.resources.budget.count),
+        )
+
+    def _repeatable(self, decision: ParallelDecision, cost: costing.Costing | None, n: int) -> bool:
+        """Whether the same question may reuse ``decision`` and run without asking again: a
+        serial decision from a known or assumed cost, for work that fits in the serial loop's
+        one block (no cancel or deadline to check between blocks), with nothing to record."""
+        config = self.config
+        return (
+            not decision.use_parallel
+            and (cost is None or cost.source in ("hint", "remembered"))
+            and config.worker_initializer is None
+            and decision.per_item_s is not None
+            and decision.per_item_s * n <= SERIAL_BLOCK_TARGET_S
+            and not wanted(config.telemetry, config.telemetry_path)
+        )
+
+    def _run_repeat(
+        self,
+        known: tuple[ParallelDecision, costing.Costing | None],
+        fn: Callable[..., Any],
+        work: list[Any],
+    ) -> list[Any]:
+        """Run a repeated question's serial decision as the plain loop, and learn from it."""
+        decision, cost = known
+        config = self.config
+        if wanted(config.telemetry, config.telemetry_path):
+            # a sink appeared (debug logging switched on): this map is recorded in full
+            self._repeats.clear()
+            return self.map(fn, work)
+        serial = self._pools.serial()
+        serial._check_open()  # as the tracked serial map checks it
+        self.last_decision = decision
+        if not work:
+            return []
+        results, wall = run_one_block(fn, work, serial.metrics)
+        self._after_run(fn, decision, cost, len(work), wall)
+        return results
 
     def _costing(
         self,

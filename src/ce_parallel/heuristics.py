@@ -56,6 +56,9 @@ FACADE_PILOT_MIN_ITEMS = 8
 #: A run whose time is more than this many times off its prediction replaces the remembered
 #: measurement (the pilot misjudged the function, or the machine changed).
 RECHECK_FACTOR = 2.0
+#: ... unless both the run and its prediction are shorter than this (seconds): too short to
+#: measure, and too short for any pool to pay.
+RECHECK_MIN_S = 0.002
 #: A cold pool is charged 1/this of its start cost: pools are reused across maps.
 AUTO_EXPECTED_MAPS_PER_POOL = 4
 #: The serial pilot runs the first items until this many seconds have passed ...
@@ -188,6 +191,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "(for example its GIL use), and what the run measured replaces what was remembered.",
         "tests/unit/test_gate.py (injected runs); auto once chose threads for GIL-bound work "
         "after a misjudged probe and kept it (1.99x slower for every later call)",
+    ),
+    Heuristic(
+        "RECHECK_MIN_S",
+        RECHECK_MIN_S,
+        "A map of 10 items of 1 us is timed anywhere from 0.2 to 14 us per item from one call to "
+        "the next (the clock, the cache, a thread switch): rechecking such runs replaced the "
+        "measurement on most calls, so the facade asked again every time. Below 2 ms no pool "
+        "pays (a warm thread pool's dispatch and join alone take ~0.3 ms here), so what such a "
+        "run measures cannot change a decision.",
+        "python evaluation/facade_grid.py --quick (the 1 us and 30 us rows)",
     ),
     Heuristic(
         "AUTO_EXPECTED_MAPS_PER_POOL",

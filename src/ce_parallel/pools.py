@@ -42,6 +42,14 @@ class _Shared:
 
 _lock = threading.Lock()
 _shared: OrderedDict[Hashable, _Shared] = OrderedDict()
+#: Changes whenever a pool becomes warm anywhere in the process (see ``warm_generation``).
+_warmed = 0
+
+
+def warm_generation() -> int:
+    """A number that changes whenever some pool in this process becomes warm: a serial
+    decision that weighed a cold pool's start-up may be reused while it stays the same."""
+    return _warmed
 
 
 def _share_key(
@@ -251,6 +259,11 @@ class FacadePools:
             held = self._held.get(strategy)
             mine = self._own.get(strategy)
             ran = strategy in self._ran
+        if held is None and mine is None and self._share:
+            # a new facade (one per library call) finds the pool an earlier one warmed
+            budget = self._resources.budget.count
+            workers = self._config.explicit_workers(budget) or budget
+            held = _share_key(self._config, strategy, workers, self._resources)
         if held is not None:
             with _lock:
                 entry = _shared.get(held)
@@ -262,11 +275,12 @@ class FacadePools:
         with self._lock:
             self._ran.add(strategy)
             held = self._held.get(strategy)
-        if held is not None:
-            with _lock:
-                entry = _shared.get(held)
-                if entry is not None:
-                    entry.ran = True
+        global _warmed
+        with _lock:
+            _warmed += 1
+            entry = None if held is None else _shared.get(held)
+            if entry is not None:
+                entry.ran = True
 
     def executors(self) -> dict[str, Any]:
         """The executors this facade runs on, by strategy (``"sequential"`` for the serial one)."""

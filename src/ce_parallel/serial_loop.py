@@ -103,4 +103,27 @@ def run_serially(
     return out
 
 
-__all__ = ["SERIAL_BLOCK_TARGET_S", "check_call", "run_serially"]
+def run_one_block(fn: Any, work: list[Any], metrics: ParallelMetrics) -> tuple[list[Any], float]:
+    """``[fn(x) for x in work]`` as the serial loop's one and only block; also its wall time.
+
+    For a map whose known cost fits in one block: ``run_serially`` would check cancel and the
+    deadline once, before the block, and the caller has checked them. The counters and the
+    failing item's index are those ``run_serially`` gives.
+    """
+    n = len(work)
+    rest = iter(work)
+    started = perf_counter()
+    try:
+        out = [fn(item) for item in rest]
+    except Exception as exc:
+        from .executor import annotate_item_error
+
+        metrics.add(tasks_submitted=n, maps=1, failures=1)
+        annotate_item_error(exc, n - length_hint(rest) - 1, "sequential", None)
+        raise
+    wall = perf_counter() - started
+    metrics.add(tasks_submitted=n, maps=1, tasks_completed=n, total_duration=wall, busy_time=wall)
+    return out, wall
+
+
+__all__ = ["SERIAL_BLOCK_TARGET_S", "check_call", "run_one_block", "run_serially"]
