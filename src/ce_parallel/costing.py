@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .costs import MEMORY, Measurement
-from .heuristics import RECHECK_FACTOR, RECHECK_MIN_S
+from .heuristics import PROBE_MAX_FRACTION, RECHECK_FACTOR, RECHECK_MIN_S
 from .pilot import PilotError, pickled_size, pilot, time_first_items
 
 
@@ -59,6 +59,7 @@ def measure(
     seeds: Sequence[Any] | None,
     *,
     probe_threads: int = 0,
+    probe_share: float = PROBE_MAX_FRACTION,
     sizes: bool = False,
     previous: Measurement | None = None,
 ) -> Costing:
@@ -68,11 +69,12 @@ def measure(
     to learn whether the items hold the GIL (what a thread pool needs to know). With ``sizes``
     it also measures what an item and the function cost to pickle (what a strategy that pickles
     work must send: a large array bound into ``fn`` is seen without a hint). A caller's
-    exception is raised as ``PilotError`` with the failing item's index. ``previous``, an
+    exception is raised as ``PilotError`` with the failing item's index. ``probe_share`` caps the
+    share of the items the thread probe runs. ``previous``, an
     earlier measurement of ``fn``, adds its thread probes' votes to this one's.
     """
     if probe_threads >= 2:
-        result = pilot(fn, work, seeds, threads=probe_threads)
+        result = pilot(fn, work, seeds, threads=probe_threads, probe_share=probe_share)
     else:
         result = time_first_items(fn, work, seeds)
     holds_gil = result.holds_gil
@@ -138,6 +140,9 @@ def for_map(
             work,
             seeds,
             probe_threads=probe,
+            # asking for threads, the facade's only other choice is serial: probe items on
+            # threads run at least at the serial rate, so a longer, surer probe costs nothing
+            probe_share=1.0,
             sizes=sending is not None and sending.pickles_work,
             previous=None if known is None else known.measurement,
         )

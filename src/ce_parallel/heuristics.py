@@ -65,6 +65,8 @@ AUTO_EXPECTED_MAPS_PER_POOL = 4
 PILOT_TARGET_S = 0.005
 #: ... or until this share of the items has run (at least one item).
 PILOT_MAX_FRACTION = 0.05
+#: ... but while it has taken less than this (seconds) it goes on past that share.
+PILOT_FREE_S = 0.001
 #: The thread probe runs enough items for this many seconds per thread ...
 PROBE_TARGET_S = 0.02
 #: ... and at least this many items per thread, whatever the share cap below says ...
@@ -74,6 +76,9 @@ PROBE_MIN_ITEMS_PER_THREAD = 2
 PILOT_MIN_CPU_RATIO = 0.5
 #: ... but at most this share of the items (at least one per thread).
 PROBE_MAX_FRACTION = 0.1
+#: Probe threads note their clocks about this often (seconds), to read the probe over the time
+#: every thread was running.
+PROBE_SAMPLE_S = 0.0005
 #: Work releases the GIL when n probe threads keep 1 + this x (n - 1) times as many CPUs busy
 #: as the serial pilot did (or, for items that mostly wait, run that much faster).
 GIL_RELEASE_MIN_SCALING = 0.5
@@ -224,6 +229,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         PILOT_MAX_FRACTION,
         "The pilot runs serially; capping it at 5% of the items bounds that serial share.",
         "cpu_fine full (200 x 5 ms): the pilot runs 1-2 items, 1% of the work",
+    ),
+    Heuristic(
+        "PILOT_FREE_S",
+        PILOT_FREE_S,
+        "A pilot capped at 5% of a 10-item map times one item; one sample of a 1 us item read "
+        "1 ms once (a cold first call), and the facade then chose joblib for a map it ran 747x "
+        "slower than the loop. Items run in the pilot cost what the loop costs, and 1 ms is less "
+        "than a warm pool's dispatch and join (~0.3 ms for threads, more for processes) could "
+        "save, so the pilot goes on past the share until 1 ms has passed.",
+        "python evaluation/facade_grid.py --quick (the 1 us x 10 cell for joblib)",
     ),
     Heuristic(
         "PROBE_TARGET_S",

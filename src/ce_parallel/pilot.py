@@ -18,11 +18,13 @@ from typing import Any
 from .heuristics import (
     AUTO_MIN_PARALLEL_WORK_S,
     GIL_RELEASE_MIN_SCALING,
+    PILOT_FREE_S,
     PILOT_MAX_FRACTION,
     PILOT_MIN_CPU_RATIO,
     PILOT_TARGET_S,
     PROBE_MAX_FRACTION,
     PROBE_MIN_ITEMS_PER_THREAD,
+    PROBE_SAMPLE_S,
     PROBE_TARGET_S,
 )
 
@@ -89,18 +91,30 @@ def time_first_items(
 ) -> PilotResult:
     """Run the first items in this thread, in growing blocks, until ``target_s`` has passed.
 
-    At most ``max_items`` items (default: ``PILOT_MAX_FRACTION`` of them, at least one) run.
+    At most ``max_items`` items run; by default ``PILOT_MAX_FRACTION`` of them (at least one),
+    or more while the pilot has taken less than ``PILOT_FREE_S``.
     Measures wall and CPU seconds per item. A caller's exception is raised as ``PilotError``
     with the failing item's index.
     """
     limit = max_items if max_items is not None else max(1, int(len(items) * PILOT_MAX_FRACTION))
     limit = min(limit, len(items))
+    # items this cheap cost less to run here than any pool could save: past the share cap,
+    # the pilot goes on until PILOT_FREE_S has passed (a one-item pilot is one noisy sample)
+    free = max_items is None
     results: list[Any] = []
     rates: list[float] = []
     block = 1
     wall_start, cpu_start = time.perf_counter(), time.process_time()
-    while len(results) < limit:
-        stop = min(limit, len(results) + block)
+    while len(results) < limit or (
+        free and len(results) < len(items) and time.perf_counter() - wall_start < PILOT_FREE_S
+    ):
+        if len(results) < limit:
+            stop = min(limit, len(results) + block)
+        else:
+            # past the share: only as many items as fit in what is left of PILOT_FREE_S
+            left = PILOT_FREE_S - (time.perf_counter() - wall_start)
+            fit = int(left / rates[-1]) if rates and rates[-1] > 0 else block
+            stop = min(len(items), len(results) + max(1, min(block, fit)))
         part = items[len(results) : stop]
         tick = time.perf_counter()
         try:
@@ -126,27 +140,41 @@ def probe_threads(
     items: Sequence[Any],
     seeds: Sequence[Any] | None,
     threads: int,
-) -> tuple[list[Any], float, float]:
+    per_item_s: float | None = None,
+) -> tuple[list[Any], float, float, float]:
     """Run ``items`` split over ``threads`` threads at once.
 
-    Returns the results, the wall seconds, and the CPU seconds the threads used in all (each
-    thread's own ``time.thread_time``). A caller's exception is raised as ``PilotError`` with the
-    smallest failing index.
+    Returns the results and, over the time every thread was running, the wall seconds, the CPU
+    seconds the threads used in all (each thread's own ``time.thread_time``) and the items they
+    finished. Threads released together start up to a few ms apart, and a thread that starts
+    when another has finished shows no overlap at all, whatever the items do with the GIL: so
+    each thread notes its clocks every ``PROBE_SAMPLE_S`` or so (from ``per_item_s``, the
+    serial cost of an item), and the numbers are read over the overlap. When the overlap is too
+    short to read (under a quarter of the longest thread's run), they are the whole probe's.
+    A caller's exception is raised as ``PilotError`` with the smallest failing index.
     """
     from .worker import ChunkJob, run_chunk
 
     size = math.ceil(len(items) / threads)
     bounds = [(a, min(a + size, len(items))) for a in range(0, len(items), size)]
-    outcomes: list[Any] = [None] * len(bounds)
-    cpu: list[float] = [0.0] * len(bounds)
+    step = max(1, int(PROBE_SAMPLE_S / per_item_s)) if per_item_s else size
+    outcomes: list[list[Any]] = [[] for _ in bounds]
+    # per thread: (wall clock, thread CPU, items done), before the first item and after each step
+    samples: list[list[tuple[float, float, int]]] = [[] for _ in bounds]
     barrier = threading.Barrier(len(bounds) + 1)
 
     def work(i: int, a: int, b: int) -> None:
-        job = ChunkJob(fn, a, items[a:b], None if seeds is None else seeds[a:b])
         barrier.wait()
-        started = time.thread_time()
-        outcomes[i] = run_chunk(job)
-        cpu[i] = time.thread_time() - started
+        notes = samples[i]
+        notes.append((time.perf_counter(), time.thread_time(), 0))
+        for lo in range(a, b, step):
+            hi = min(lo + step, b)
+            job = ChunkJob(fn, lo, items[lo:hi], None if seeds is None else seeds[lo:hi])
+            outcome = run_chunk(job)
+            outcomes[i].append(outcome)
+            if outcome.error is not None:
+                return
+            notes.append((time.perf_counter(), time.thread_time(), hi - a))
 
     pool = [
         threading.Thread(target=work, args=(i, a, b), name="ce-parallel-probe", daemon=True)
@@ -159,12 +187,44 @@ def probe_threads(
     for thread in pool:
         thread.join()
     wall = time.perf_counter() - wall_start
-    failed = [o for o in outcomes if o.error is not None]
+    failed = [o for chunks in outcomes for o in chunks if o.error is not None]
     if failed:
         first = min(failed, key=lambda o: o.error_index)
         raise PilotError(first.error_index, first.error)
-    results = [r for o in outcomes for r in o.results]
-    return results, wall, sum(cpu)
+    results = [r for chunks in outcomes for o in chunks for r in o.results]
+    return (results, *read_overlap(samples, wall))
+
+
+def read_overlap(
+    samples: Sequence[Sequence[tuple[float, float, int]]], wall: float
+) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and items done over the time every probe thread was running.
+
+    ``samples`` holds each thread's notes ``(wall clock, thread CPU, items done)``, the first
+    before its first item; ``wall`` is the whole probe's wall time. With an overlap under a
+    quarter of the longest thread's run, the whole probe's numbers are returned. Reads no clock.
+    """
+    lo = max(notes[0][0] for notes in samples)
+    hi = min(notes[-1][0] for notes in samples)
+    longest = max(notes[-1][0] - notes[0][0] for notes in samples)
+    if hi - lo < longest / 4 or hi <= lo:
+        cpu = sum(notes[-1][1] - notes[0][1] for notes in samples)
+        return wall, cpu, float(sum(notes[-1][2] for notes in samples))
+    cpu = sum(_at(notes, hi, 1) - _at(notes, lo, 1) for notes in samples)
+    done = sum(_at(notes, hi, 2) - _at(notes, lo, 2) for notes in samples)
+    return hi - lo, cpu, done
+
+
+def _at(notes: Sequence[tuple[float, float, int]], when: float, field: int) -> float:
+    """A thread's clock ``field`` at wall time ``when``, read linearly between its notes."""
+    before = notes[0]
+    for after in notes[1:]:
+        if after[0] >= when:
+            span = after[0] - before[0]
+            share = (when - before[0]) / span if span > 0 else 1.0
+            return before[field] + share * (after[field] - before[field])
+        before = after
+    return float(notes[-1][field])
 
 
 def pilot(
@@ -174,13 +234,14 @@ def pilot(
     *,
     threads: int = 2,
     holds_gil: bool | None = None,
+    probe_share: float = PROBE_MAX_FRACTION,
 ) -> PilotResult:
     """Measure the first items of a map: seconds per item, CPU use, and whether they hold the GIL.
 
     Runs items in this thread until ``PILOT_TARGET_S`` has passed (at most
     ``PILOT_MAX_FRACTION`` of them). Unless the remaining work is under
     ``AUTO_MIN_PARALLEL_WORK_S`` or each item already keeps several CPUs busy, the next items
-    (enough for ``PROBE_TARGET_S`` per thread, at most ``PROBE_MAX_FRACTION`` of them) run on
+    (enough for ``PROBE_TARGET_S`` per thread, at most ``probe_share`` of them) run on
     ``threads`` threads at once; their speed-up over the serial rate says whether they hold the
     GIL. Speed-up is measured on the wall clock, not CPU time, so a machine busy with other
     processes does not make CPU-bound work look like waiting. Every result is kept.
@@ -196,23 +257,24 @@ def pilot(
     wanted_items = threads * math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
     # the share cap bounds the probe on long maps; the minimum per thread wins over it on short
     # ones, where one item per thread would leave the verdict to start-up skew
-    capped = min(wanted_items, int(len(items) * PROBE_MAX_FRACTION))
+    capped = min(wanted_items, int(len(items) * probe_share))
     count = min(remaining, max(threads * PROBE_MIN_ITEMS_PER_THREAD, capped))
     if threads < 2 or count < threads:
         return result
     start = result.done
     try:
-        more, wall, cpu = probe_threads(
+        more, wall, cpu, done = probe_threads(
             fn,
             items[start : start + count],
             None if seeds is None else seeds[start : start + count],
             threads,
+            result.per_item_seconds,
         )
     except PilotError as failure:
         # the probe ran a slice: its index counts from the slice's start
         raise PilotError(start + failure.index, failure.error) from failure.error
 
-    holds, scaling = gil_verdict(result, count, wall, cpu, threads)
+    holds, scaling = gil_verdict(result, done, wall, cpu, threads)
     return PilotResult(
         result.results + more,
         result.per_item_seconds,
@@ -224,7 +286,7 @@ def pilot(
 
 
 def gil_verdict(
-    serial: PilotResult, count: int, wall: float, cpu: float, threads: int
+    serial: PilotResult, count: float, wall: float, cpu: float, threads: int
 ) -> tuple[bool, float]:
     """Whether items hold the GIL, and their wall-clock speed-up on threads, from measurements.
 
@@ -239,7 +301,7 @@ def gil_verdict(
     # pilot's own CPU share cancels most of the effect of other processes on the machine.
     # Items that mostly wait (sleep, I/O) use too little CPU to tell: their wall-clock speed-up
     # on threads says it instead.
-    wanted = 1 + GIL_RELEASE_MIN_SCALING * (min(threads, count) - 1)
+    wanted = 1 + GIL_RELEASE_MIN_SCALING * (min(threads, math.ceil(count)) - 1)
     if serial.cpu_ratio < PILOT_MIN_CPU_RATIO:
         parallelism = scaling
     else:
@@ -269,5 +331,6 @@ __all__ = [
     "pickled_size",
     "pilot",
     "probe_threads",
+    "read_overlap",
     "time_first_items",
 ]

@@ -221,9 +221,10 @@ def test_the_pilot_sees_large_arrays_a_pickling_strategy_would_send() -> None:
         d = f.last_decision
         assert d is not None and (d.reason, d.cost_source) == ("payload_too_large", "pilot")
         assert d.bytes_hint is not None and d.bytes_hint >= 8_000_000
-        # an array bound into fn is seen too: it would travel with every chunk
+        # an array bound into fn is seen too: it would travel with every chunk (enough items
+        # that some are left after the pilot, which runs cheap items for PILOT_FREE_S)
         bound = functools.partial(_offset_total, arrays[0])
-        f.map(bound, range(16))
+        f.map(bound, range(50_000))
         d = f.last_decision
         assert d is not None and not d.use_parallel
         assert d.estimated_parallel_s is not None and d.estimated_parallel_s > d.estimated_serial_s

@@ -6,9 +6,12 @@ runs and keeps, never how fast anything is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
-from ce_parallel import ParallelConfig, create_executor
+from ce_parallel import ParallelConfig, create_executor, heuristics
 from ce_parallel.heuristics import (
     AUTO_MIN_PARALLEL_WORK_S,
     PILOT_MAX_FRACTION,
@@ -20,6 +23,7 @@ from ce_parallel.pilot import (
     gil_verdict,
     pickled_size,
     pilot,
+    read_overlap,
     time_first_items,
 )
 from ce_parallel.resources import CpuBudget, Resources
@@ -178,16 +182,58 @@ def fail_at_seven(x: int) -> int:
     return x
 
 
-def test_time_first_items_keeps_results_in_order_and_is_bounded() -> None:
+class FakeClock:
+    """``time`` for the pilot: each item advances it by ``per_item`` seconds (no real timing)."""
+
+    def __init__(self, per_item: float) -> None:
+        self.now, self.per_item = 0.0, per_item
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    process_time = perf_counter
+
+    def item(self, x: int) -> int:
+        self.now += self.per_item
+        return 2 * x
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], FakeClock]:
+    import ce_parallel.pilot as pilot_module
+
+    def install(per_item: float) -> FakeClock:
+        fake = FakeClock(per_item)
+        monkeypatch.setattr(pilot_module, "time", fake)
+        return fake
+
+    return install
+
+
+def test_time_first_items_keeps_results_in_order_and_is_bounded(
+    clock: Callable[[float], FakeClock],
+) -> None:
     items = list(range(1000))
-    result = time_first_items(double, items)
-    assert 1 <= result.done <= int(len(items) * PILOT_MAX_FRACTION)
+    fake = clock(0.002)  # 2 ms items: the share bounds the pilot, however long the target
+    result = time_first_items(fake.item, items, target_s=10.0)
+    assert result.done == int(len(items) * PILOT_MAX_FRACTION)
     assert result.results == [2 * x for x in items[: result.done]]
-    assert result.per_item_seconds > 0
+    assert result.per_item_seconds == pytest.approx(0.002)
 
 
-def test_pilot_always_runs_at_least_one_item() -> None:
-    assert time_first_items(double, [5, 6]).results == [10]
+def test_cheap_items_are_piloted_past_the_share_for_pilot_free_s(
+    clock: Callable[[float], FakeClock],
+) -> None:
+    fake = clock(heuristics.PILOT_FREE_S / 4000)
+    assert time_first_items(fake.item, list(range(1000))).done == 1000  # all fit
+    fake = clock(heuristics.PILOT_FREE_S / 100)  # the share (50 items) takes half of it
+    result = time_first_items(fake.item, list(range(1000)))
+    assert 95 <= result.done <= 105 and result.results == [2 * x for x in range(result.done)]
+
+
+def test_pilot_always_runs_at_least_one_item(clock: Callable[[float], FakeClock]) -> None:
+    fake = clock(0.002)
+    assert time_first_items(fake.item, [5, 6]).results == [10]
 
 
 def test_pilot_reports_the_failing_item_index() -> None:
@@ -239,6 +285,36 @@ def test_gil_verdict_tells_gil_bound_from_gil_releasing_work(
     verdict, scaling = gil_verdict(serial, count=20, wall=wall, cpu=cpu, threads=2)
     assert verdict is holds
     assert scaling == pytest.approx(20 * serial.per_item_seconds / wall)
+
+
+def _notes(start: float, cpu_per_s: float, steps: int, dt: float = 0.001) -> list[Any]:
+    """A probe thread's notes: from ``start``, one item per ``dt``, ``cpu_per_s`` CPU a second."""
+    return [(start + k * dt, k * dt * cpu_per_s, k) for k in range(steps + 1)]
+
+
+def test_the_probe_is_read_over_the_time_both_threads_ran() -> None:
+    # GIL-free items: each thread keeps its CPU busy, but B starts 4 ms after A (start skew)
+    a, b = _notes(0.000, 1.0, 10), _notes(0.004, 1.0, 10)
+    wall, cpu, done = read_overlap([a, b], wall=0.014)
+    assert wall == pytest.approx(0.006)  # from B's start to A's end
+    assert cpu / wall == pytest.approx(2.0)  # both CPUs busy: the whole probe says 1.43
+    assert done == pytest.approx(12.0)
+    verdict, _ = gil_verdict(PilotResult([], 0.001, 1.0), done, wall, cpu, threads=2)
+    assert verdict is False
+
+
+def test_gil_bound_items_read_over_the_overlap_still_hold_the_gil() -> None:
+    # the two threads take turns: each uses half a CPU while both run
+    a, b = _notes(0.0, 0.5, 10, dt=0.002), _notes(0.0005, 0.5, 10, dt=0.002)
+    wall, cpu, done = read_overlap([a, b], wall=0.0205)
+    assert cpu / wall == pytest.approx(1.0)
+    verdict, _ = gil_verdict(PilotResult([], 0.001, 1.0), done, wall, cpu, threads=2)
+    assert verdict is True
+
+
+def test_a_probe_whose_threads_barely_overlap_is_read_whole() -> None:
+    a, b = _notes(0.0, 1.0, 10), _notes(0.0095, 1.0, 10)
+    assert read_overlap([a, b], wall=0.02) == pytest.approx((0.02, 0.02, 20.0))
 
 
 def test_pilot_trusts_a_given_gil_answer() -> None:
