@@ -8,9 +8,10 @@ The facade and ``auto`` both go through here, so they measure and remember the s
    and what they measured is remembered for the next call.
 4. When nothing can be measured: ``assumed`` (the gate's count rules and assumed cost decide).
 
-After the run, ``check_run`` compares what it took with what was predicted; a run more than
-``RECHECK_FACTOR`` off replaces what was remembered, so one misjudged pilot is not kept for ever
-(runs and predictions both under ``RECHECK_MIN_S`` are too short to judge).
+After the run, ``check_run`` compares what it took with what was predicted; two runs in a row
+more than ``RECHECK_FACTOR`` off replace what was remembered, so one misjudged pilot is not kept
+for ever, and one noisy run does not turn a decision (runs and predictions both under
+``RECHECK_MIN_S`` are too short to judge).
 """
 
 from __future__ import annotations
@@ -165,27 +166,43 @@ def check_run(
     predicted_s: float | None,
     start_s: float = 0.0,
 ) -> bool:
-    """Compare a run with its prediction; a run far off updates the memory. True if updated.
+    """Compare a run with its prediction; two runs far off in a row update the memory. True if
+    updated.
 
-    A serial run's time per item replaces the remembered cost; a parallel run's is remembered
-    as what that strategy really takes for this function (``Measurement.observed``), which the
-    next estimate uses instead of the model.
+    One run more than ``RECHECK_FACTOR`` off is kept as a suspect: a single slow run (another
+    process on the machine, a worker's first call) must not turn the next decision. A second
+    run of the same strategy off in the same direction confirms it: the mean of the two then
+    replaces the remembered cost (a serial run) or is remembered as what that strategy really
+    takes for this function (``Measurement.observed``), which the next estimate uses instead of
+    the model. A run close to its prediction clears the suspect.
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
     if predicted_s <= 0 or wall_s <= 0 or max(wall_s, predicted_s) < RECHECK_MIN_S:
         return False
-    if abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
-        return False
-    per_item = max(0.0, wall_s - start_s) / items
     known = costing.measurement
+    pending = known.suspect if known.suspect and known.suspect[0] == strategy else None
+    per_item = max(0.0, wall_s - start_s) / items
+    expected = predicted_s / items
+    if abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
+        if pending is not None:
+            _keep(costing, replace(known, suspect=None))
+        return False
+    if pending is None or (pending[1] > expected) != (per_item > expected):
+        _keep(costing, replace(known, suspect=(strategy, per_item)))
+        return False
+    per_item = (per_item + pending[1]) / 2
     if strategy == "sequential":
-        updated = replace(known, per_item_s=per_item, items=items)
+        updated = replace(known, per_item_s=per_item, items=items, suspect=None)
     else:
-        updated = known.with_observed(strategy, per_item)
+        updated = replace(known.with_observed(strategy, per_item), suspect=None)
+    _keep(costing, updated)
+    return True
+
+
+def _keep(costing: Costing, updated: Measurement) -> None:
     MEMORY.remember(costing.key, updated)
     costing.measurement = updated
-    return True
 
 
 __all__ = [

@@ -39,7 +39,9 @@ class Measurement:
     overrides the model's estimate for that strategy. ``gil_probes`` counts the thread probes
     behind ``holds_gil`` (a verdict of "holds the GIL" is probed again, up to
     ``GIL_PROBE_VOTES`` times, and the majority decides: a serial decision never runs the items
-    on threads, so nothing else would correct a misjudged probe).
+    on threads, so nothing else would correct a misjudged probe). ``suspect`` is one run that
+    was far from its prediction (the strategy and its seconds per item), kept until the next
+    run of that strategy confirms or clears it.
     """
 
     per_item_s: float
@@ -54,6 +56,8 @@ class Measurement:
     gil_probes: int = 0
     gil_bound_probes: int = 0
     observed: tuple[tuple[str, float], ...] = field(default=())
+    #: a run of a strategy far from its prediction, waiting for a second to confirm it
+    suspect: tuple[str, float] | None = None
 
     @property
     def gil_verdict_settled(self) -> bool:

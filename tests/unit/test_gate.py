@@ -166,8 +166,15 @@ def test_a_run_far_from_its_prediction_updates_the_memory() -> None:
     # within RECHECK_FACTOR of the prediction: confirmed, nothing changes
     assert not check_run(costing, "threads", 100, wall_s=0.6, predicted_s=0.5)
     assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
-    # 10x slower than predicted (threads met the GIL after all): remembered for threads
-    assert check_run(costing, "threads", 100, wall_s=5.0, predicted_s=0.5)
+    # 10x slower than predicted once: a suspect, and the decisions do not change yet
+    assert not check_run(costing, "threads", 100, wall_s=5.0, predicted_s=0.5)
+    assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
+    # ... then a run close to its prediction: that one was noise
+    assert not check_run(costing, "threads", 100, wall_s=0.5, predicted_s=0.5)
+    assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
+    # 10x slower twice in a row (threads met the GIL after all): remembered for threads
+    assert not check_run(costing, "threads", 100, wall_s=4.0, predicted_s=0.5)
+    assert check_run(costing, "threads", 100, wall_s=6.0, predicted_s=0.5)
     assert MEMORY.recall(key).observed_for("threads") == pytest.approx(0.05)  # type: ignore
     d = decide(
         Question(

@@ -431,3 +431,30 @@ def test_a_failure_in_the_thread_probe_names_its_index_in_the_whole_input() -> N
     with pytest.raises(PilotError) as info:
         pilot(_sleep_then_fail_at_ten, list(range(200)), threads=2)
     assert info.value.index == 10
+
+
+def pid_of(x: int) -> tuple[int, int]:
+    import os
+
+    return x, os.getpid()
+
+
+def test_auto_start_pools_warms_what_it_may_choose() -> None:
+    import os
+
+    from ce_parallel.costs import MEMORY, Measurement
+    from ce_parallel.errors import ConfigurationError
+
+    # a remembered cost (no pilot runs here): 16 GIL-bound items of 50 ms pay on warm processes
+    MEMORY.remember_fn(pid_of, Measurement(per_item_s=0.05, items=16, holds_gil=True))
+    with create_executor(ParallelConfig(strategy="auto", max_workers=2)) as executor:
+        with pytest.raises(ConfigurationError, match="strategy"):
+            executor.start_pools(["warp-drive"])
+        pools = executor.start_pools(["processes"])
+        assert list(pools) == ["processes"] and not pools["processes"].closed
+        results = executor.map(pid_of, list(range(16)))
+        assert executor.last_strategy == "processes"
+    assert [x for x, _ in results] == list(range(16))
+    # the pool was up: no item ran in the caller while it started
+    assert os.getpid() not in {pid for _, pid in results}
+    assert pools["processes"].closed  # shut down with auto

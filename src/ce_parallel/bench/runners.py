@@ -121,6 +121,26 @@ def _ce_start(strategy: str, workers: int) -> Callable[[], _CeState]:
     return start
 
 
+def _auto_start(workers: int) -> Callable[[], _CeState]:
+    """auto as a long-running service has it: every pool it may choose up and warm (each warmed
+    with the workloads' imports, as the fixed strategies' pools are)."""
+
+    def start() -> _CeState:
+        from ce_parallel.executor import create_executor
+
+        recorder = _ChoiceRecorder()
+        executor = create_executor(_ce_config("auto", recorder))
+        try:
+            for pool in executor.start_pools().values():  # type: ignore[attr-defined]
+                pool.map(warm_imports, _warmup_items(workers))
+        except BaseException:
+            executor.shutdown()
+            raise
+        return _CeState(executor, recorder)
+
+    return start
+
+
 def _ce_run(state: _CeState, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     return state.executor.map(fn, items)
 
@@ -292,9 +312,7 @@ def build_runners(workers: int) -> list[Runner]:
         runners.append(
             Runner(f"ce:{strategy}", "ce", _ce_run, _ce_start(strategy, workers), _ce_stop)
         )
-    runners.append(
-        Runner("ce:auto", "auto", _ce_run, _ce_start("auto", workers), _ce_stop, _ce_choice)
-    )
+    runners.append(Runner("ce:auto", "auto", _ce_run, _auto_start(workers), _ce_stop, _ce_choice))
     runners.append(
         Runner(
             "facade:joblib",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -36,8 +36,9 @@ from ..gate import Ground, Question, decide
 from ..registry import strategy_record
 from ..resources import Resources
 from ..selection import Selection, WorkloadProfile, explain_selection, selectable
+from ..serial_loop import check_call
 
-#: How many selections an executor remembers (cleared when full).
+#: How many selections (and gate decisions) an executor remembers (cleared when full).
 SELECTION_CACHE_SIZE = 256
 
 
@@ -88,6 +89,7 @@ class AutoExecutor(ParallelExecutor):
         self._executors: dict[str, ParallelExecutor] = {}
         self._warmups: dict[str, _Warmup] = {}
         self._selections: dict[tuple[Any, ...], Selection] = {}
+        self._decisions: dict[Question, ParallelDecision] = {}
         # the operator's kill switch holds on this front door too (read once, as the facade does)
         self._ground = Ground(
             self.config, self._snapshot, operator_switch() is False, front_door="executor"
@@ -183,6 +185,8 @@ class AutoExecutor(ParallelExecutor):
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """Pilot the first items (or recall their measurements), choose, run the rest there."""
         fn, bar = call.fn, call.bar
+        # a call cancelled (shutdown) before it got here runs nothing, not even its pilot
+        check_call(call, self.name, self.metrics, 0)
         started = time.perf_counter()
         cost: costing.Costing | None = None
         if self.config.worker_initializer is None:
@@ -269,7 +273,12 @@ class AutoExecutor(ParallelExecutor):
             nested=nested_in(False),
             cost_verdict=selection.reason if selection.strategy == "sequential" else None,
         )
-        decision = decide(question, self._ground)
+        decision = self._decisions.get(question)
+        if decision is None:
+            # the same question (a repeated map) gets the same answer without the rules again
+            if len(self._decisions) >= SELECTION_CACHE_SIZE:
+                self._decisions.clear()
+            decision = self._decisions[question] = decide(question, self._ground)
         if telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
             payload = decision.as_dict()
             payload.update(
@@ -306,6 +315,30 @@ class AutoExecutor(ParallelExecutor):
         except BaseException as exc:
             shift_item_index(exc, offset, strategy)
             raise
+
+    def start_pools(
+        self, strategies: Iterable[str] | None = None, *, timeout: float | None = None
+    ) -> dict[str, ParallelExecutor]:
+        """Start the pools this executor may choose (default: every one ``selection`` may
+        return), wait for each to have run a first task, and return them by strategy.
+
+        A long-running service that maps the same work again and again has its pool warm after
+        the first maps; this gets it there before the first. A started pool counts as warm for
+        every later choice. ``timeout`` bounds the wait for each pool (seconds); a pool that
+        fails to start is left to the map's own fallback.
+        """
+        self._check_open()
+        wanted = tuple(selectable() if strategies is None else strategies)
+        for name in wanted:
+            strategy_record(name)  # an unknown name is refused, naming what is accepted
+        started = {}
+        for name in wanted:
+            if name == "sequential":
+                continue
+            if _starts_in_background(name):
+                self._warm_in_background(name).ready.wait(timeout)
+            started[name] = self.executor_for(name)
+        return started
 
     # -- hooks and lifecycle ------------------------------------------------------------------
 
