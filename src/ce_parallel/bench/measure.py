@@ -63,6 +63,8 @@ class Cell:
     reasons: list[str] = field(default_factory=list)
     #: Why the runner cannot run in this install (a missing package), when that is what failed.
     unavailable: str | None = None
+    #: An adaptive runner's untimed first map of the workload (its pilot), in seconds.
+    learning_s: float | None = None
 
     def as_dict(self, serial_median: float | None) -> dict[str, Any]:
         """Statistics for the JSON document (``None`` where nothing was measured)."""
@@ -81,6 +83,8 @@ class Cell:
             out["choices"] = sorted(set(self.choices))
         if self.reasons:
             out["reasons"] = sorted(set(self.reasons))
+        if self.learning_s is not None:
+            out["learning_s"] = round(self.learning_s, 6)
         return out
 
 
@@ -170,6 +174,10 @@ def _warm_name(cold: str) -> str:
     return cold.removesuffix(":cold")
 
 
+#: Runners that learn the work they are given (a pilot, remembered measurements).
+LEARNING_KINDS = frozenset({"auto", "facade"})
+
+
 def _repeat(
     name: str,
     label: str,
@@ -180,8 +188,22 @@ def _repeat(
     expected: list[Any],
     repeats: int,
 ) -> None:
-    """Measure ``runners`` on one workload ``repeats`` times, interleaved."""
+    """Measure ``runners`` on one workload ``repeats`` times, interleaved.
+
+    An adaptive runner (``auto``, the facades) first maps the workload once, untimed: it learns
+    the function as it does once in a long-lived process, and the timed repeats measure the
+    choices it then makes. That first map's time is kept (``learning_s``); the cold table
+    times a first map from nothing.
+    """
     row = cells[name]
+    for runner in runners:
+        cell = row.get(runner.name)
+        if runner.kind not in LEARNING_KINDS or runner.cold or cell is None or cell.error:
+            continue
+        t0 = time.perf_counter()
+        with contextlib.suppress(Exception):  # a failure shows in the timed repeats
+            runner.run(states.get(runner.name), case.fn, case.items)
+        cell.learning_s = time.perf_counter() - t0
     for repeat in range(repeats):
         line = []
         for runner in _interleave(runners, repeat):
