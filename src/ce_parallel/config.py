@@ -98,10 +98,18 @@ class ParallelConfig:
         self.validate()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # a changed field is checked again where the config is next used (validate())
+        # a changed field is checked again where the config is next used (validate()), and
+        # what was decided from the old value is not reused (revision)
         object.__setattr__(self, name, value)
-        if name != "_checked":
+        if name not in ("_checked", "_revision"):
             object.__setattr__(self, "_checked", False)
+            object.__setattr__(self, "_revision", self.revision + 1)
+
+    @property
+    def revision(self) -> int:
+        """How many times a field was set (construction included): decisions remembered for
+        this config hold while it stays the same."""
+        return int(self.__dict__.get("_revision", 0))
 
     def validate(self) -> ParallelConfig:
         """Check every field (again); a bad value raises ``ConfigurationError`` naming it.

@@ -240,7 +240,7 @@ class ParallelFacade:
         )
         key = None
         if chosen is None and (cost is None or cost.source != "pilot"):
-            key = (question,)
+            key = (question, self.config.revision)
             known = self._decisions.get(key)
             if known is not None:
                 return self._record(known, site), None
@@ -409,7 +409,8 @@ class ParallelFacade:
 
         The arguments (by value and type, so that a value once validated is the same value),
         the function's weak key, the asking thread and process (nesting is theirs), the cost
-        memory's and the pools' generations, and an active ``joblib.parallel_config``.
+        memory's and the pools' generations, the config's revision, and an active
+        ``joblib.parallel_config``.
         """
         if (
             self._executor is not None
@@ -434,6 +435,7 @@ class ParallelFacade:
             in_worker(),
             MEMORY.generation,
             warm_generation(),
+            self.config.revision,
             joblib_says_serial(self.config.strategy, self.resources.budget.count),
         )
 

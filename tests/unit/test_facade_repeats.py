@@ -186,3 +186,13 @@ def test_a_bool_is_refused_even_after_an_equal_int_was_repeated() -> None:
         f.map(where, range(20), n_features=1, seconds_per_item=1e-6)
         with pytest.raises(ConfigurationError):
             f.map(where, range(20), n_features=True, seconds_per_item=1e-6)
+
+
+def test_a_config_changed_between_repeats_is_a_new_question(asked: list[str]) -> None:
+    with make() as f:
+        f.map(where, range(20), seconds_per_item=1e-6)
+        f.map(where, range(20), seconds_per_item=1e-6)
+        f.config.enabled = False
+        f.map(where, range(20), seconds_per_item=1e-6)
+        assert f.last_decision is not None and not f.last_decision.use_parallel
+    assert asked == ["spawn_cost", "disabled"]

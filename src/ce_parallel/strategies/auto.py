@@ -89,7 +89,7 @@ class AutoExecutor(ParallelExecutor):
         self._executors: dict[str, ParallelExecutor] = {}
         self._warmups: dict[str, _Warmup] = {}
         self._selections: dict[tuple[Any, ...], Selection] = {}
-        self._decisions: dict[Question, ParallelDecision] = {}
+        self._decisions: dict[tuple[Question, int], ParallelDecision] = {}
         # the operator's kill switch holds on this front door too (read once, as the facade does)
         self._ground = Ground(
             self.config, self._snapshot, operator_switch() is False, front_door="executor"
@@ -273,12 +273,13 @@ class AutoExecutor(ParallelExecutor):
             nested=nested_in(False),
             cost_verdict=selection.reason if selection.strategy == "sequential" else None,
         )
-        decision = self._decisions.get(question)
+        key = (question, self.config.revision)
+        decision = self._decisions.get(key)
         if decision is None:
             # the same question (a repeated map) gets the same answer without the rules again
             if len(self._decisions) >= SELECTION_CACHE_SIZE:
                 self._decisions.clear()
-            decision = self._decisions[question] = decide(question, self._ground)
+            decision = self._decisions[key] = decide(question, self._ground)
         if telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
             payload = decision.as_dict()
             payload.update(
