@@ -1,7 +1,8 @@
 """The facade's regret on a grid of item cost x item count, side by side with what it chooses from.
 
 For each requested strategy (``joblib``, ``threads``) and each cell (a cost per item x a number of
-items), three runners are timed, interleaved, after one untimed warm-up call each:
+items), three runners are timed, interleaved in an order that rotates each repeat, after one
+untimed warm-up call each:
 
 * ``loop``: the plain ``[fn(x) for x in items]``;
 * ``strategy``: a warm executor of the requested strategy, always parallel;
@@ -151,9 +152,12 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
                         if name != "facade":
                             call()  # warm-up
                     times: dict[str, list[float]] = {name: [] for name in runners}
-                    for _ in range(repeats):
-                        for name, call in runners.items():
-                            times[name].append(_time(call))
+                    names = list(runners)
+                    for repeat in range(repeats):
+                        # the order rotates: a runner that always followed the pool's run
+                        # paid for its clean-up (its garbage, its threads winding down)
+                        for name in names[repeat % 3 :] + names[: repeat % 3]:
+                            times[name].append(_time(runners[name]))
                     med = {name: statistics.median(t) for name, t in times.items()}
                     decision = facade.last_decision
                     best = min(med["loop"], med["strategy"])
