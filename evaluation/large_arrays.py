@@ -8,6 +8,7 @@ Case ``payload``: ``np.sum`` over 32 arrays of 8 MB (float64, 1M elements) on
   repeats (its first, cold map is reported apart);
 * ``ce:processes-pickled``: the same executor with arrays pickled into every chunk (the
   shared-memory threshold raised above the arrays' size), i.e. the strategy before sharing;
+* ``ce:processes-imap``: the same executor's stream, ``list(ex.imap(np.sum, arrays))``;
 * ``cf:threads``, ``cf:processes``: ``concurrent.futures.ThreadPoolExecutor(2)`` /
   ``ProcessPoolExecutor(2)``, each kept warm, ``list(pool.map(np.sum, arrays))``;
 * ``joblib.Parallel``: ``Parallel(n_jobs=2)(delayed(np.sum)(a) for a in arrays)``.
@@ -102,6 +103,7 @@ def payload_runners(pools: dict[str, Any]) -> dict[str, Callable[[list[Any]], li
         "loop": lambda arrays: [np.sum(a) for a in arrays],
         "ce:processes": lambda arrays: pools["ce:processes"].map(np.sum, arrays),
         "ce:processes-pickled": pickled,
+        "ce:processes-imap": lambda arrays: list(pools["ce:processes"].imap(np.sum, arrays)),
         "ce:joblib": lambda arrays: pools["ce:joblib"].map(np.sum, arrays),
         "ce:threads": lambda arrays: pools["ce:threads"].map(np.sum, arrays),
         "cf:threads": lambda arrays: list(pools["cf:threads"].map(np.sum, arrays)),

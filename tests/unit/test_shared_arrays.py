@@ -321,3 +321,23 @@ def test_segments_of_a_killed_process_are_removed() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_stream_shares_large_arrays_and_leaves_no_segment(executor: ParallelExecutor) -> None:
+    arrays = _arrays(8)
+    assert list(executor.imap(_writeable, arrays)) == [False] * 8
+    assert sorted(executor.imap_unordered(np.sum, arrays)) == sorted(_serial(np.sum, arrays))
+    assert _no_segments_within(5.0) == []
+
+
+def test_the_futures_view_shares_large_arrays_and_leaves_no_segment(
+    executor: ParallelExecutor,
+) -> None:
+    arrays = _arrays(4)
+    with executor.as_executor() as view:
+        assert view.submit(_writeable, arrays[0]).result(timeout=60) is False
+        assert list(view.map(_writeable, arrays)) == [False] * 4
+        assert [f.result(timeout=60) for f in [view.submit(np.sum, a) for a in arrays]] == [
+            float(np.sum(a)) for a in arrays
+        ]
+    assert _no_segments_within(5.0) == []

@@ -5,7 +5,8 @@ pickles functions with cloudpickle (so lambdas and closures work) and reports de
 broken futures, which ``ParallelExecutor`` turns into a recorded fallback. Each worker caps
 numeric libraries at ``budget // workers`` threads, so workers x BLAS threads fit the budget.
 Large NumPy arrays travel through shared memory owned by the map that sends them
-(``ce_parallel.shared_arrays``): each distinct one is copied once per map, not once per chunk.
+(``ce_parallel.shared_arrays``): each distinct one is copied once per map, not once per chunk;
+a stream's batch or a futures view's task owns its segments the same way.
 """
 
 from __future__ import annotations
@@ -34,12 +35,7 @@ class ProcessExecutor(PooledExecutor):
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """Run the map with its own shared-memory segments, released once it has ended."""
-        segments = MapSegments(on_release=self._forget_segments)
-        with self._pool_lock:
-            if self._live_segments is None:
-                self._live_segments = set()
-                self._map_local = threading.local()
-            self._live_segments.add(segments)
+        segments = self._open_segments()
         local = self._map_local
         assert local is not None
         # submit_chunks runs in this thread, inside the engine's execute
@@ -49,6 +45,16 @@ class ProcessExecutor(PooledExecutor):
         finally:
             local.segments = outer
             segments.end()
+
+    def _open_segments(self) -> MapSegments:
+        """New segments, released on shutdown if their map has not released them."""
+        segments = MapSegments(on_release=self._forget_segments)
+        with self._pool_lock:
+            if self._live_segments is None:
+                self._live_segments = set()
+                self._map_local = threading.local()
+            self._live_segments.add(segments)
+        return segments
 
     def _forget_segments(self, segments: MapSegments) -> None:
         with self._pool_lock:
@@ -86,9 +92,14 @@ class ProcessExecutor(PooledExecutor):
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
         assert pool is not None
-        segments = getattr(self._map_local, "segments", None)
-        if segments is None or not sharing_possible():
+        if not sharing_possible():
             return [pool.submit(run_chunk, job) for job in jobs]
+        segments = getattr(self._map_local, "segments", None)
+        # a stream's batch or a futures view's task (no map around it) gets segments of its
+        # own, released once its chunks are done
+        own = segments is None
+        if segments is None:
+            segments = self._open_segments()
         futures: list[Future[ChunkOutcome]] = []
         try:
             for job in jobs:
@@ -101,6 +112,8 @@ class ProcessExecutor(PooledExecutor):
                 futures.append(pool.submit(run_shared_chunk, job.start, payload))
         finally:
             segments.watch(futures)
+            if own:
+                segments.end()
         return futures
 
     def release_pool(self, kill: bool) -> None:
