@@ -13,7 +13,8 @@ Case ``payload``: ``np.sum`` over 32 arrays of 8 MB (float64, 1M elements) on
   ``ProcessPoolExecutor(2)``, each kept warm, ``list(pool.map(np.sum, arrays))``;
 * ``joblib.Parallel``: ``Parallel(n_jobs=2)(delayed(np.sum)(a) for a in arrays)``.
 
-Runners are interleaved within each repeat; the numbers are medians of ``--repeats``, and
+Runners are interleaved within each repeat, in an order that rotates from one repeat to the
+next; the numbers are medians of ``--repeats``, and
 ratios are the loop's time over the runner's (above 1 is faster than the loop).
 
 Case ``bound``: one 400 MB array bound into ``functools.partial(part_sum, big)`` over 16 tasks
@@ -131,9 +132,13 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
         cold[name], _ = _timed(lambda: runners[name](arrays))  # noqa: B023 - called at once
     times: dict[str, list[float]] = {name: [] for name in runners}
     try:
-        for _ in range(repeats):
-            for name, run in runners.items():
-                seconds, got = _timed(lambda: run(arrays))  # noqa: B023 - called at once
+        names = list(runners)
+        for repeat in range(repeats):
+            # the order rotates: a runner that always ran after a process pool's map paid for
+            # its clean-up and the caches it left cold
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                seconds, got = _timed(lambda: runners[name](arrays))  # noqa: B023 - called at once
                 assert list(got) == expected, name
                 times[name].append(seconds)
         fallbacks = {k: v.metrics.fallbacks for k, v in pools.items() if k.startswith("ce:")}
