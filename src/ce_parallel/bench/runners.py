@@ -106,32 +106,19 @@ def _ce_config(strategy: str, recorder: _ChoiceRecorder) -> Any:
 
 
 def _ce_start(strategy: str, workers: int) -> Callable[[], _CeState]:
+    """A warm executor of ``strategy``: its pool started and warmed with the workloads'
+    imports. auto gets what a long-running service has: every pool it may choose up and warm
+    (``start_pools``)."""
+
     def start() -> _CeState:
         from ce_parallel.executor import create_executor
 
         recorder = _ChoiceRecorder()
         executor = create_executor(_ce_config(strategy, recorder))
         try:
-            executor.map(warm_imports, _warmup_items(workers))
-        except BaseException:
-            executor.shutdown()
-            raise
-        return _CeState(executor, recorder)
-
-    return start
-
-
-def _auto_start(workers: int) -> Callable[[], _CeState]:
-    """auto as a long-running service has it: every pool it may choose up and warm (each warmed
-    with the workloads' imports, as the fixed strategies' pools are)."""
-
-    def start() -> _CeState:
-        from ce_parallel.executor import create_executor
-
-        recorder = _ChoiceRecorder()
-        executor = create_executor(_ce_config("auto", recorder))
-        try:
-            for pool in executor.start_pools().values():  # type: ignore[attr-defined]
+            starts = getattr(executor, "start_pools", None)  # auto's
+            pools = list(starts().values()) if starts is not None else [executor]
+            for pool in pools:
                 pool.map(warm_imports, _warmup_items(workers))
         except BaseException:
             executor.shutdown()
@@ -312,7 +299,9 @@ def build_runners(workers: int) -> list[Runner]:
         runners.append(
             Runner(f"ce:{strategy}", "ce", _ce_run, _ce_start(strategy, workers), _ce_stop)
         )
-    runners.append(Runner("ce:auto", "auto", _ce_run, _auto_start(workers), _ce_stop, _ce_choice))
+    runners.append(
+        Runner("ce:auto", "auto", _ce_run, _ce_start("auto", workers), _ce_stop, _ce_choice)
+    )
     runners.append(
         Runner(
             "facade:joblib",
