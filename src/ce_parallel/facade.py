@@ -332,8 +332,9 @@ class ParallelFacade:
                 fn, len(work), n_instances, n_features, bytes_hint, seconds_per_item
             )
             known = None if repeat is None else self._repeats.get(repeat)
-            if known is not None:
-                return self._run_repeat(known, fn, work)
+            ran = None if known is None else self._run_repeat(known, fn, work)
+            if ran is not None:
+                return ran
         instances = len(work) if n_instances is None else n_instances
         self._check_question(instances, n_features, bytes_hint, seconds_per_item, executor)
         recorded = wanted(self.config.telemetry, self.config.telemetry_path)
@@ -458,14 +459,15 @@ class ParallelFacade:
         known: tuple[ParallelDecision, costing.Costing | None],
         fn: Callable[..., Any],
         work: list[Any],
-    ) -> list[Any]:
-        """Run a repeated question's serial decision as the plain loop, and learn from it."""
+    ) -> list[Any] | None:
+        """Run a repeated question's serial decision as the plain loop, and learn from it;
+        None when the map must be decided and recorded in full instead."""
         decision, cost = known
         config = self.config
         if wanted(config.telemetry, config.telemetry_path):
             # a sink appeared (debug logging switched on): this map is recorded in full
             self._repeats.clear()
-            return self.map(fn, work)
+            return None
         serial = self._pools.serial()
         serial._check_open()  # as the tracked serial map checks it
         self.last_decision = decision

@@ -141,6 +141,9 @@ def test_switching_debug_logging_on_records_the_next_repeat(
         f.map(where, range(20), seconds_per_item=1e-6)
         with caplog.at_level(logging.DEBUG, logger="ce_parallel.telemetry"):
             f.map(where, range(20), seconds_per_item=1e-6)
+        # decided in full from the same question: the hint is kept
+        assert f.last_decision is not None and f.last_decision.cost_source == "hint"
+        assert f.last_decision.seconds_per_item == 1e-6
     assert asked == ["spawn_cost", "spawn_cost"]
     assert any("decision" in r.getMessage() for r in caplog.records)
 
