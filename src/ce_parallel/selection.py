@@ -190,11 +190,6 @@ def explain_selection(
 
     estimates: dict[str, float] = {"sequential": serial}
     excluded: dict[str, str] = {}
-    # once a real run measured threads on this function, pickling pools are weighed against
-    # what threads really took, not ruled out by the probe's verdict
-    threads_measured = any(
-        name in observed and not strategy_record(name).pickles_work for name in allowed
-    )
     for name in allowed:
         if name == "sequential":
             continue
@@ -224,7 +219,7 @@ def explain_selection(
             excluded[name] = (
                 f"items carry {payload:,} bytes, which process workers would have to pickle"
             )
-        elif profile.holds_gil is False and not threads_measured:
+        elif profile.holds_gil is False:
             excluded[name] = (
                 "items release the GIL, so threads run them in parallel without pickling"
             )
