@@ -88,6 +88,13 @@ def measure(
         # the majority of the probes decides; a tie goes to "releases the GIL", which a slow
         # run on threads then corrects (check_run)
         holds_gil = 2 * bound > probes
+    item_bytes = unshared = None
+    if holds_gil or sizes:
+        from .shared_objects import find_shared
+
+        item_bytes = pickled_size(work[0])
+        shared = find_shared(fn, work) if item_bytes is not None else []
+        unshared = pickled_size(work[0], shared) if shared else item_bytes
     measurement = Measurement(
         per_item_s=result.per_item_seconds,
         spread=result.spread,
@@ -95,7 +102,8 @@ def measure(
         holds_gil=holds_gil,
         cpu_ratio=result.cpu_ratio,
         thread_scaling=result.thread_scaling,
-        item_bytes=pickled_size(work[0]) if (holds_gil or sizes) else None,
+        item_bytes=item_bytes,
+        item_unshared_bytes=unshared,
         fn_bytes=pickled_size(fn) if sizes else None,
         gil_probes=probes,
         gil_bound_probes=bound,

@@ -34,7 +34,9 @@ class Measurement:
     the pilot's blocks (0 = steady); ``items``: how many items were timed. ``holds_gil``,
     ``cpu_ratio`` and ``thread_scaling`` come from auto's thread probe (None when it did not run);
     ``item_bytes`` and ``fn_bytes`` are what one item and the function cost to pickle (their
-    arrays counted by their buffers, nothing copied; None when not measured). ``observed`` maps
+    arrays counted by their buffers, nothing copied; None when not measured);
+    ``item_unshared_bytes`` is ``item_bytes`` less the objects every item shares, which a
+    strategy that ``shares_objects`` sends once per worker. ``observed`` maps
     a strategy to the seconds per item a real run of it took (wall time / items), which
     overrides the model's estimate for that strategy. ``gil_probes`` counts the thread probes
     behind ``holds_gil`` (a verdict of "holds the GIL" is probed again, up to
@@ -52,6 +54,7 @@ class Measurement:
     thread_scaling: float | None = None
     item_bytes: int | None = None
     fn_bytes: int | None = None
+    item_unshared_bytes: int | None = None
     #: thread probes run so far, and how many found the items holding the GIL
     gil_probes: int = 0
     gil_bound_probes: int = 0

@@ -215,6 +215,9 @@ class ParallelFacade:
         if bytes_hint is None and measurement is not None and measurement.item_bytes:
             # no hint, but the pilot measured what one item costs to send
             bytes_hint = measurement.item_bytes
+            record = strategy_records().get(target)
+            if record is not None and record.shares_objects:
+                bytes_hint = measurement.item_unshared_bytes or bytes_hint
         if measurement is not None and measurement.fn_bytes:
             fn_bytes = measurement.fn_bytes
         question = Question(

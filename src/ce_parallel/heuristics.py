@@ -93,6 +93,12 @@ PROCESS_BYTES_PER_S = 400e6
 #: Smallest NumPy array, in bytes, that the process strategy sends through shared memory
 #: (``shared_arrays``) instead of pickling it into every chunk that holds it.
 SHARED_ARRAY_MIN_BYTES = 256 * 1024
+#: Arrays below this many bytes are pickled to and from process workers with
+#: ``ndarray.__reduce__`` (rebuilt in C) rather than protocol 5's per-array Python call.
+SMALL_ARRAY_PICKLE_BYTES = 64 * 1024
+#: Smallest pickled object, in bytes, that the process strategy sends once per worker
+#: (``shared_objects``) instead of pickling it into every chunk that holds it.
+SHARED_OBJECT_MIN_BYTES = 64 * 1024
 #: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
 JOBLIB_CALL_OVERHEAD_S = 0.0005
 #: Whether process workers are sized by physical cores instead of logical CPUs.
@@ -318,6 +324,27 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "table, quiet machine, 32 arrays, median ms shared vs pickled): 64 KiB 7.8 vs 9.4, "
         "256 KiB 12.6 vs 23.9, 1 MiB 27.2 vs 92.1, 4 MiB 73.5 vs 282.7; on the loaded machine "
         "52 KB tied and 13 KB lost (13.8 vs 8.2)",
+    ),
+    Heuristic(
+        "SMALL_ARRAY_PICKLE_BYTES",
+        SMALL_ARRAY_PICKLE_BYTES,
+        "Protocol 5 rebuilds every array through a Python-level call; ndarray.__reduce__ "
+        "rebuilds it in C but copies its buffer once more. Small arrays load faster the old "
+        "way; from 256 KiB protocol 5 loads faster, and at 1 MiB it dumps 7x faster.",
+        "python evaluation/data_movement.py (evaluation/results/data_movement.md), load us per "
+        "array protocol 5 vs __reduce__: 64 B 1.59 vs 0.78, 16 KiB 4.71 vs 2.40, 64 KiB 6.35 vs "
+        "5.78, 256 KiB 23.0 vs 25.3; a calibrated-explanations result of 100 rows loads in "
+        "17.0 ms instead of 26.0",
+    ),
+    Heuristic(
+        "SHARED_OBJECT_MIN_BYTES",
+        SHARED_OBJECT_MIN_BYTES,
+        "An object shared once per worker costs a file and a digest of its pickle per map; "
+        "pickled into every chunk it is copied through the pipe and unpickled once a chunk. "
+        "Sharing loses at 4 KiB, wins a little at 16 KiB and clearly from 64 KiB.",
+        "python evaluation/data_movement.py (evaluation/results/data_movement.md), 16 one-item "
+        "chunks on 2 workers, pickled per chunk / shared: 4 KiB 0.85, 16 KiB 1.18, 64 KiB 1.51, "
+        "256 KiB 2.34, 1 MiB 3.40, 4 MiB 10.22",
     ),
     Heuristic(
         "JOBLIB_CALL_OVERHEAD_S",

@@ -7,6 +7,7 @@ to see whether they hold the GIL). Every result is kept: a piloted item never ru
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import pickle
 import threading
@@ -310,18 +311,32 @@ def gil_verdict(
     return parallelism < wanted, scaling
 
 
-def pickled_size(value: Any) -> int | None:
+def pickled_size(value: Any, leave_out: Sequence[Any] = ()) -> int | None:
     """Bytes ``value`` costs to send to a process: pickle stream plus out-of-band buffers.
 
-    Large NumPy arrays are counted from their buffers without being copied. None when the value
-    cannot be pickled with the standard pickler (cloudpickle may still manage).
+    Large NumPy arrays are counted from their buffers without being copied; the objects in
+    ``leave_out`` (sent some other way) count as a reference. None when the value cannot be
+    pickled with the standard pickler (cloudpickle may still manage).
     """
     buffers: list[pickle.PickleBuffer] = []
+    stream = io.BytesIO()
     try:
-        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if leave_out:
+            _Sizer(stream, {id(v) for v in leave_out}, buffers.append).dump(value)
+        else:
+            pickle.Pickler(stream, protocol=5, buffer_callback=buffers.append).dump(value)
     except Exception:
         return None
-    return len(stream) + sum(buffer.raw().nbytes for buffer in buffers)
+    return stream.tell() + sum(buffer.raw().nbytes for buffer in buffers)
+
+
+class _Sizer(pickle.Pickler):
+    def __init__(self, file: Any, left_out: set[int], buffer_callback: Any) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+        self._left_out = left_out
+
+    def persistent_id(self, obj: Any) -> Any:
+        return 0 if id(obj) in self._left_out else None
 
 
 __all__ = [

@@ -54,7 +54,9 @@ class StrategyRecord:
     this one's pool cannot start. ``start_cost``: how the cost of starting its pool is known.
     ``per_map_overhead_s``: a fixed cost of every map on a warm pool (joblib's dispatch).
     ``requires``: modules that must be importable for the strategy to run. ``chooses``: the
-    strategy picks another one per map (``auto``).
+    strategy picks another one per map (``auto``). ``shares_objects``: an object every task
+    holds reaches each worker once per pool (``shared_objects``), so it is not weighed as part
+    of every task's payload.
     """
 
     name: str
@@ -68,6 +70,7 @@ class StrategyRecord:
     per_map_overhead_s: float = 0.0
     requires: tuple[str, ...] = ()
     chooses: bool = False
+    shares_objects: bool = False
     summary: str = ""
 
     def load(self) -> type[Any]:
@@ -125,6 +128,7 @@ def register_strategy(
     per_map_overhead_s: float = 0.0,
     requires: tuple[str, ...] = (),
     chooses: bool = False,
+    shares_objects: bool = False,
     summary: str = "",
     replace: bool = False,
 ) -> StrategyRecord:
@@ -152,6 +156,7 @@ def register_strategy(
         ("conservative", conservative),
         ("auto_may_choose", auto_may_choose),
         ("chooses", chooses),
+        ("shares_objects", shares_objects),
         ("replace", replace),
     ):
         check_bool(f"register_strategy({flag})", value)
@@ -171,6 +176,7 @@ def register_strategy(
         per_map_overhead_s=float(per_map_overhead_s),
         requires=tuple(requires),
         chooses=chooses,
+        shares_objects=shares_objects,
         summary=summary,
     )
     with _lock:
@@ -259,6 +265,7 @@ _builtin(
     start_fallback="threads",
     start_cost="process_pool",
     requires=("loky",),
+    shares_objects=True,
     summary="a private loky process pool: GIL-bound Python",
 )
 

@@ -60,11 +60,17 @@ Handle = tuple[str, tuple[int, ...], Any, str, int]
 
 
 def sharing_possible() -> bool:
-    """True when arrays may be shared: numpy is already imported here and ``SHM_DIR`` exists.
+    """True when arrays and objects may be shared: ``SHM_DIR`` exists (a POSIX system).
 
-    An array can only be met when numpy is imported, so ``import ce_parallel`` never imports it.
+    Arrays are looked for only once numpy is imported (an array can only be met then), so
+    ``import ce_parallel`` never imports it.
     """
-    return "numpy" in sys.modules and os.name == "posix" and os.path.isdir(SHM_DIR)
+    return os.name == "posix" and os.path.isdir(SHM_DIR)
+
+
+def _array_reducers(reduce: Callable[[Any], Any]) -> dict[type, Callable[[Any], Any]]:
+    numpy = sys.modules.get("numpy")
+    return {} if numpy is None else {numpy.ndarray: reduce}
 
 
 def segment_files(pid: int | None = None) -> list[str]:
@@ -102,33 +108,97 @@ class MapSegments:
         self._ended = False
         self._released = False
         self._on_release = on_release
+        # shared objects (``shared_objects``): id -> reference, the objects kept alive
+        self._store: Any = None
+        self._refs: dict[int, tuple[str, str, str]] = {}
+        self._shared: list[Any] = []
+        self._objects_prepared = False
 
     @property
     def count(self) -> int:
         """How many segments this map has placed."""
         return len(self._paths)
 
+    def share_objects(self, store: Any, fn: Callable[..., Any], items: list[Any]) -> None:
+        """Send the objects ``fn`` and ``items`` share through ``store`` (once per map).
+
+        ``store`` is the executor's ``shared_objects.ObjectStore``; the references it hands
+        out are pinned until this map is released.
+        """
+        from .shared_objects import find_shared
+
+        with self._lock:
+            if self._objects_prepared or self._released:
+                return
+            self._objects_prepared = True
+        candidates = find_shared(fn, items)
+        if not candidates:
+            return
+        from loky.backend.reduction import get_loky_pickler
+
+        def inline(array: Any) -> Any:
+            if self._worth_sharing(array):
+                # its large arrays go through this map's segments (read-only in the workers),
+                # which a file kept for the pool's life cannot name
+                raise _HoldsLargeArray
+            return array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+        def dumps(obj: Any) -> bytes:
+            buffer = io.BytesIO()
+            pickler = get_loky_pickler()(
+                buffer, reducers=_array_reducers(inline), protocol=pickle.HIGHEST_PROTOCOL
+            )
+            pickler.dump(obj)
+            return buffer.getvalue()
+
+        refs = store.share(candidates, dumps)
+        with self._lock:
+            if self._released:
+                store.done(refs.values())
+                return
+            self._store, self._refs = store, refs
+            self._shared = [obj for obj in candidates if id(obj) in refs]
+
+    @property
+    def shared_objects(self) -> int:
+        """How many objects this map sends by reference."""
+        return len(self._refs)
+
     def dumps(self, obj: Any) -> bytes:
-        """``obj`` pickled as loky would pickle it, large arrays replaced by segment handles."""
-        import numpy as np
+        """``obj`` pickled as loky would pickle it, large arrays replaced by segment handles
+        and shared objects by references."""
         from loky.backend.reduction import get_loky_pickler
 
         buffer = io.BytesIO()
-        pickler = get_loky_pickler()(
-            buffer, reducers={np.ndarray: self._reduce}, protocol=pickle.HIGHEST_PROTOCOL
-        )
+        base = get_loky_pickler()
+        reducers = _array_reducers(self._reduce)
+        refs = self._refs
+        if refs:
+            pickler = _referencing(base)(
+                buffer, reducers=reducers, protocol=pickle.HIGHEST_PROTOCOL
+            )
+            pickler.refs = refs
+        else:
+            pickler = base(buffer, reducers=reducers, protocol=pickle.HIGHEST_PROTOCOL)
         pickler.dump(obj)
         return buffer.getvalue()
 
     def _reduce(self, array: Any) -> Any:
         handle = self._share(array)
         if handle is None:
-            return array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+            from .array_reduce import reduce_array
+
+            return reduce_array(array)
         return attach, (handle,)
 
+    @staticmethod
+    def _worth_sharing(array: Any) -> bool:
+        # small, or holds pointers that mean nothing in another process: pickled
+        return array.nbytes >= heuristics.SHARED_ARRAY_MIN_BYTES and not array.dtype.hasobject
+
     def _share(self, array: Any) -> Handle | None:
-        if array.nbytes < heuristics.SHARED_ARRAY_MIN_BYTES or array.dtype.hasobject:
-            return None  # small, or holds pointers that mean nothing in another process
+        if not self._worth_sharing(array):
+            return None
         with self._lock:
             known = self._by_id.get(id(array))
             if known is not None:
@@ -150,7 +220,7 @@ class MapSegments:
     def watch(self, futures: list[Future[Any]]) -> None:
         """The segments outlive these futures: a chunk may still be running after its map."""
         with self._lock:
-            if not self._paths:
+            if not self._paths and not self._refs:
                 return  # nothing placed: nothing to keep for these chunks
             self._futures.extend(futures)
         for fut in futures:
@@ -181,10 +251,37 @@ class MapSegments:
             self._released = True
             paths, self._paths = self._paths, []
             self._by_id.clear()
+            store, refs = self._store, list(self._refs.values())
+            self._store, self._shared = None, []
         for path in paths:
             _remove(path)
+        if store is not None:
+            store.done(refs)
         if self._on_release is not None:
             self._on_release(self)
+
+
+class _HoldsLargeArray(Exception):
+    """An object is not shared whole: it holds an array that travels through a segment."""
+
+
+_referencing_classes: dict[type, type] = {}
+
+
+def _referencing(base: type) -> Any:
+    """``base`` (loky's pickler class) with a ``persistent_id`` that sends shared objects by
+    reference; made once per base class."""
+    made = _referencing_classes.get(base)
+    if made is None:
+
+        class ReferencingPickler(base):
+            refs: dict[int, Any] = {}
+
+            def persistent_id(self, obj: Any) -> Any:
+                return self.refs.get(id(obj))
+
+        made = _referencing_classes.setdefault(base, ReferencingPickler)
+    return made
 
 
 def _place(array: Any) -> Handle | None:
@@ -290,9 +387,12 @@ def _start_janitor() -> None:
 def _sweep_forever() -> None:
     import time
 
+    from .shared_objects import drop_released_objects
+
     while True:
         time.sleep(JANITOR_INTERVAL_S)
         drop_released_segments()
+        drop_released_objects()
 
 
 def drop_released_segments() -> int:
@@ -313,10 +413,11 @@ def run_shared_chunk(start: int, payload: bytes) -> Any:
     fails) is reported as lost by the machinery, never raised: loky would otherwise treat the
     task as undeliverable and break the whole pool.
     """
+    from .shared_objects import loads
     from .worker import ChunkOutcome, run_chunk
 
     try:
-        job = pickle.loads(payload)
+        job = loads(payload)
     except Exception as exc:
         from .errors import SerializationError
 

@@ -162,7 +162,7 @@ def pack_results(results: list[Any]) -> bytes | None:
     takes what it cannot (a class defined in ``__main__`` of the caller). None when neither can.
     """
     try:
-        return _dump_each(pickle.Pickler, results)
+        return _dump_each(pickle.Pickler, results, fast_arrays=True)
     except Exception:
         pass
     try:
@@ -173,9 +173,15 @@ def pack_results(results: list[Any]) -> bytes | None:
         return None
 
 
-def _dump_each(pickler: Any, results: list[Any]) -> bytes:
+def _dump_each(pickler: Any, results: list[Any], fast_arrays: bool = False) -> bytes:
     buffer = io.BytesIO()
-    dump = pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump
+    made = pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    if fast_arrays:
+        # (not for cloudpickle, whose own table must stay in place)
+        from .array_reduce import use_fast_arrays
+
+        use_fast_arrays(made)
+    dump = made.dump
     with gc_paused():
         for value in results:
             dump(value)

@@ -6,7 +6,9 @@ broken futures, which ``ParallelExecutor`` turns into a recorded fallback. Each 
 numeric libraries at ``budget // workers`` threads, so workers x BLAS threads fit the budget.
 Large NumPy arrays travel through shared memory owned by the map that sends them
 (``ce_parallel.shared_arrays``): each distinct one is copied once per map, not once per chunk;
-a stream's batch or a futures view's task owns its segments the same way.
+a stream's batch or a futures view's task owns its segments the same way. Objects the chunks
+share (a model or explainer in every item, an object bound into ``fn``) are placed once per
+content in the pool's ``ObjectStore`` and unpickled once per worker (``shared_objects``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import pickle
 import threading
 from concurrent.futures import Future
+from itertools import chain, islice
 from typing import Any
 
 from .._loky import loky_package_context
@@ -22,6 +25,7 @@ from ..engine import PooledExecutor
 from ..executor import MapCall
 from ..resources import numeric_thread_env, threads_per_worker
 from ..shared_arrays import MapSegments, run_shared_chunk, sharing_possible
+from ..shared_objects import SCAN_ITEMS, ObjectStore
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk, watch_parent
 
 
@@ -32,6 +36,7 @@ class ProcessExecutor(PooledExecutor):
     _pool: Any = None
     _map_local: threading.local | None = None
     _live_segments: set[MapSegments] | None = None
+    _store: ObjectStore | None = None
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """Run the map with its own shared-memory segments, released once it has ended."""
@@ -88,6 +93,7 @@ class ProcessExecutor(PooledExecutor):
                     initargs=(os.getpid(),),
                     context=context,
                 )
+                self._store = ObjectStore()
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
@@ -102,6 +108,11 @@ class ProcessExecutor(PooledExecutor):
             segments = self._open_segments()
         futures: list[Future[ChunkOutcome]] = []
         try:
+            store = self._store
+            if store is not None and jobs:
+                # (every chunk of a map is submitted in one call)
+                items = islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS)
+                segments.share_objects(store, jobs[0].fn, list(items))
             for job in jobs:
                 # pickled and sent one by one: workers start while later arrays are copied
                 try:
@@ -119,8 +130,12 @@ class ProcessExecutor(PooledExecutor):
     def release_pool(self, kill: bool) -> None:
         with self._pool_lock:
             pool, self._pool = self._pool, None
+            store, self._store = self._store, None
         if pool is not None:
             pool.shutdown(wait=True, kill_workers=kill)
+        if store is not None:
+            # after the workers: a chunk still running may yet read its objects
+            store.release()
 
 
 def _unsendable(exc: Exception) -> Future[ChunkOutcome]:

@@ -1,0 +1,385 @@
+"""Objects that many tasks share reach each process worker once per pool, not once per chunk.
+
+calibrated-explanations puts its explainer (model and calibration data) into every task; a
+``functools.partial`` binds a fitted model into ``fn``. Pickled with each chunk, such an object
+is pickled in the parent, piped and unpickled in a worker once per chunk. Here:
+
+Parent side: ``find_shared(fn, items)`` names the candidates: objects bound into ``fn`` (a
+partial's arguments, a bound method's object, a closure's cells, a callable object itself) and
+objects met by identity in two or more items (looked for inside tuples, lists and dicts, three
+levels deep). Containers, NumPy arrays (``shared_arrays`` places those) and small atoms are never
+candidates, nor is an object holding a large array (its arrays go through the map's read-only
+segments instead). ``ObjectStore`` (one per process executor) pickles each candidate once per
+map, keys it by the BLAKE2 digest of those bytes and keeps the bytes in a file under
+``/dev/shm`` for the pool's life; the map's chunks carry only ``(digest, file name)``
+references, through the pickler's ``persistent_id``. Keyed by content, never by identity: an
+object changed between two maps pickles to other bytes, so the workers get the new one.
+
+Worker side: ``load_object`` unpickles a referenced object once per worker and keeps it in a
+small cache keyed by digest, dropped with the worker (with the pool) or once its file is gone.
+As in the serial loop, where every item sees the one object, later items on that worker see
+what an item changed in it.
+
+Files follow the segments' rules (``shared_arrays``): registered with loky's resource tracker
+before they exist, removed on shutdown, and at most ``STORE_MAX_FILES`` files and
+``STORE_MAX_BYTES`` bytes are kept; the oldest not used by a running map goes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import pickle
+import secrets
+import threading
+import types
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import heuristics
+from .shared_arrays import SEGMENT_PREFIX, SHM_DIR, SHM_RESERVE_BYTES, _remove, _tracker
+
+#: Every object file's name starts with this, then the creating process's id.
+OBJECT_PREFIX = SEGMENT_PREFIX + "obj-"
+
+#: Most object files one executor keeps.
+STORE_MAX_FILES = 16
+#: Most bytes of object files one executor keeps.
+STORE_MAX_BYTES = 512 * 1024 * 1024
+#: Most shared objects one worker keeps unpickled.
+WORKER_CACHE_SIZE = 8
+#: Most items of a map (and elements of a container) looked at for shared objects.
+SCAN_ITEMS = 32
+#: How deep ``find_shared`` looks into an item's tuples, lists and dicts.
+SCAN_DEPTH = 3
+#: Most candidates a map shares.
+MAX_SHARED = 8
+#: Tag of a reference in a pickle stream.
+REFERENCE_TAG = "ce-parallel-object"
+
+# (tag, digest, file name)
+Reference = tuple[str, str, str]
+
+_ATOMS = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bytearray,
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    range,
+    slice,
+)
+_CONTAINERS = (tuple, list, dict, set, frozenset)
+
+
+def _candidate(value: Any) -> bool:
+    if isinstance(value, (_ATOMS, _CONTAINERS)):
+        return False
+    module = type(value).__module__
+    # arrays go through shared_arrays' segments; numpy scalars are small
+    return not (module == "numpy" or module.startswith("numpy."))
+
+
+def bound_objects(fn: Callable[..., Any]) -> list[Any]:
+    """The candidates bound into ``fn``: what pickling ``fn`` drags along."""
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def add(value: Any) -> None:
+        if _candidate(value) and id(value) not in seen:
+            seen.add(id(value))
+            found.append(value)
+
+    target: Any = fn
+    for _ in range(SCAN_DEPTH):
+        if isinstance(target, types.MethodType):
+            add(target.__self__)
+            break
+        if hasattr(target, "func") and hasattr(target, "args") and hasattr(target, "keywords"):
+            # functools.partial (and look-alikes): its arguments, then what it wraps
+            for value in (*target.args, *target.keywords.values()):
+                add(value)
+            target = target.func
+            continue
+        if isinstance(target, types.FunctionType):
+            for cell in target.__closure__ or ():
+                with contextlib.suppress(ValueError):  # an empty cell
+                    add(cell.cell_contents)
+            break
+        add(target)  # a callable object: the object is what travels
+        break
+    return found
+
+
+def find_shared(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+    """Objects worth sending once: bound into ``fn``, or met in two or more items."""
+    found = bound_objects(fn)
+    seen = {id(v) for v in found}
+    counts: dict[int, int] = {}
+    first: dict[int, Any] = {}
+    for item in items[:SCAN_ITEMS]:
+        met: set[int] = set()
+        for value in _walk(item, SCAN_DEPTH):
+            key = id(value)
+            if key in met:
+                continue
+            met.add(key)
+            counts[key] = counts.get(key, 0) + 1
+            first.setdefault(key, value)
+    for key, count in counts.items():
+        if count >= 2 and key not in seen:
+            seen.add(key)
+            found.append(first[key])
+    return found[:MAX_SHARED]
+
+
+def _walk(value: Any, depth: int) -> Iterable[Any]:
+    if _candidate(value):
+        yield value
+        return
+    if depth <= 0:
+        return
+    if isinstance(value, dict):
+        children: Iterable[Any] = list(value.values())[:SCAN_ITEMS]
+    elif isinstance(value, (tuple, list)):
+        children = value[:SCAN_ITEMS]
+    else:
+        return
+    for child in children:
+        yield from _walk(child, depth - 1)
+
+
+@dataclass
+class _Entry:
+    name: str
+    nbytes: int
+    users: int = 0
+
+
+class ObjectStore:
+    """The object files of one executor's pool: placed once per content, kept until shutdown.
+
+    Thread-safe; maps running at once share it. ``share`` pins the files a map uses until the
+    map calls ``done``, so a file is never removed while a chunk that names it may still run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._closed = False
+
+    def share(self, objects: Iterable[Any], dumps: Callable[[Any], bytes]) -> dict[int, Reference]:
+        """Place the objects worth it; ``id(object) -> reference`` for each one placed.
+
+        ``dumps`` pickles an object as a chunk would (large arrays inline: a file outlives the
+        map whose segments an array would otherwise name). An object that fails to pickle, or
+        is below ``SHARED_OBJECT_MIN_BYTES``, is left to the chunks' own pickling.
+        """
+        refs: dict[int, Reference] = {}
+        for obj in objects:
+            try:
+                blob = dumps(obj)
+            except Exception:
+                continue  # the chunk's pickling reports it, as it would have without sharing
+            if len(blob) < heuristics.SHARED_OBJECT_MIN_BYTES:
+                continue
+            digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
+            name = self._pin(digest, blob)
+            if name is not None:
+                refs[id(obj)] = (REFERENCE_TAG, digest, name)
+        return refs
+
+    def _pin(self, digest: str, blob: bytes) -> str | None:
+        with self._lock:
+            if self._closed:
+                return None
+            entry = self._entries.get(digest)
+            if entry is not None:
+                entry.users += 1
+                self._entries.move_to_end(digest)
+                return entry.name
+        name = _write(blob)
+        if name is None:
+            return None
+        with self._lock:
+            if self._closed:
+                _remove(os.path.join(SHM_DIR, name))
+                return None
+            known = self._entries.get(digest)
+            if known is not None:  # another map placed the same bytes meanwhile
+                known.users += 1
+                duplicate = name
+                name = known.name
+            else:
+                duplicate = None
+                self._entries[digest] = _Entry(name, len(blob), users=1)
+                self._bytes += len(blob)
+            evicted = self._evict()
+        for path in evicted + ([duplicate] if duplicate else []):
+            _remove(os.path.join(SHM_DIR, path))
+        return name
+
+    def _evict(self) -> list[str]:
+        evicted: list[str] = []
+        for digest in list(self._entries):
+            if len(self._entries) <= STORE_MAX_FILES and self._bytes <= STORE_MAX_BYTES:
+                break
+            entry = self._entries[digest]
+            if entry.users == 0:
+                del self._entries[digest]
+                self._bytes -= entry.nbytes
+                evicted.append(entry.name)
+        return evicted
+
+    def done(self, refs: Iterable[Reference]) -> None:
+        """A map that pinned these references has ended and its chunks are done."""
+        with self._lock:
+            for _, digest, _ in refs:
+                entry = self._entries.get(digest)
+                if entry is not None and entry.users > 0:
+                    entry.users -= 1
+            evicted = self._evict()
+        for name in evicted:
+            _remove(os.path.join(SHM_DIR, name))
+
+    @property
+    def files(self) -> int:
+        """How many object files are placed."""
+        with self._lock:
+            return len(self._entries)
+
+    def release(self) -> None:
+        """Remove every file (shutdown); later maps pickle their objects into the chunks."""
+        with self._lock:
+            self._closed = True
+            names = [entry.name for entry in self._entries.values()]
+            self._entries.clear()
+            self._bytes = 0
+        for name in names:
+            _remove(os.path.join(SHM_DIR, name))
+
+
+def object_files(pid: int | None = None) -> list[str]:
+    """Paths of the object files created by process ``pid`` (any process when None)."""
+    start = OBJECT_PREFIX + ("" if pid is None else f"{pid}-")
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return []
+    return sorted(os.path.join(SHM_DIR, n) for n in names if n.startswith(start))
+
+
+def _write(blob: bytes) -> str | None:
+    try:
+        stats = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize < len(blob) + SHM_RESERVE_BYTES:
+        return None
+    name = f"{OBJECT_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+    path = os.path.join(SHM_DIR, name)
+    tracker = _tracker()
+    tracker.register(path, "file")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        tracker.unregister(path, "file")
+        return None
+    try:
+        try:
+            view = memoryview(blob)
+            done = 0
+            while done < len(view):
+                done += os.write(fd, view[done:])
+        finally:
+            os.close(fd)
+    except OSError:
+        _remove(path)
+        return None
+    return name
+
+
+# -- worker side --------------------------------------------------------------------------
+
+_cache: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+_cache_lock = threading.Lock()
+_loads = 0
+
+
+def load_object(reference: Reference) -> Any:
+    """The object a reference names, unpickled once per worker (``persistent_load``)."""
+    global _loads
+    tag, digest, name = reference
+    if tag != REFERENCE_TAG:
+        raise pickle.UnpicklingError(f"unknown persistent reference {reference!r}")
+    with _cache_lock:
+        hit = _cache.get(digest)
+        if hit is not None:
+            _cache.move_to_end(digest)
+            return hit[1]
+    with open(os.path.join(SHM_DIR, name), "rb") as file:
+        blob = file.read()
+    from .worker import gc_paused
+
+    with gc_paused():
+        obj = pickle.loads(blob)
+    with _cache_lock:
+        _loads += 1
+        obj = _cache.setdefault(digest, (name, obj))[1]
+        while len(_cache) > WORKER_CACHE_SIZE:
+            _cache.popitem(last=False)
+    from .shared_arrays import _start_janitor
+
+    _start_janitor()
+    return obj
+
+
+def worker_loads() -> int:
+    """How many shared objects this process has unpickled (a worker's count, for tests)."""
+    return _loads
+
+
+def drop_released_objects() -> int:
+    """Forget cached objects whose file is gone; returns how many are still cached."""
+    with _cache_lock:
+        named = [(digest, name) for digest, (name, _) in _cache.items()]
+    gone = [d for d, n in named if not os.path.exists(os.path.join(SHM_DIR, n))]
+    with _cache_lock:
+        for digest in gone:
+            _cache.pop(digest, None)
+        return len(_cache)
+
+
+class _Loader(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        return load_object(pid)
+
+
+def loads(payload: bytes) -> Any:
+    """Unpickle a chunk whose shared objects travel as references."""
+    return _Loader(io.BytesIO(payload)).load()
+
+
+__all__ = [
+    "ObjectStore",
+    "Reference",
+    "bound_objects",
+    "drop_released_objects",
+    "find_shared",
+    "load_object",
+    "loads",
+    "object_files",
+    "worker_loads",
+]

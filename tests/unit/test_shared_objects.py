@@ -1,0 +1,388 @@
+"""Objects many chunks share reach each ``processes`` worker once per pool, keyed by content.
+
+A worker counts the shared objects it unpickles (``shared_objects.worker_loads``): with one
+object in every item, or bound into ``fn``, each worker unpickles it once however many chunks
+and maps it runs; an object changed between maps is sent again; the files the objects travel
+in stay bounded and go with the executor, also after a killed worker or a killed parent.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ce_parallel import ParallelConfig, ParallelExecutor, create_executor, shared_objects
+from ce_parallel.heuristics import SHARED_ARRAY_MIN_BYTES, SHARED_OBJECT_MIN_BYTES
+from ce_parallel.shared_objects import (
+    ObjectStore,
+    bound_objects,
+    find_shared,
+    object_files,
+    worker_loads,
+)
+
+np = pytest.importorskip("numpy")
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs /dev/shm")
+
+PARENT = os.getpid()
+
+
+class Model:
+    """Stands for a fitted model: a payload above the threshold, a weight to compute with."""
+
+    def __init__(self, weight: float, size: int = 2 * SHARED_OBJECT_MIN_BYTES) -> None:
+        self.weight = weight
+        self.blob = bytes(size)
+        self.calls = 0
+
+    def predict(self, x: float) -> tuple[int, int, int, float]:
+        return _seen(self, x)
+
+
+def _seen(model: Model, x: float) -> tuple[int, int, int, float]:
+    """(pid, shared objects unpickled by this process, id of the model here, result)."""
+    return os.getpid(), worker_loads(), id(model), model.weight * x
+
+
+def _from_item(item: tuple[int, dict[str, Any]]) -> tuple[int, int, int, float]:
+    x, state = item
+    return _seen(state["model"], float(x))
+
+
+def _bound(model: Model, x: float) -> tuple[int, int, int, float]:
+    return _seen(model, x)
+
+
+def _mutating(item: tuple[int, Model]) -> int:
+    _, model = item
+    model.calls += 1
+    return model.calls
+
+
+@pytest.fixture
+def executor() -> Iterator[ParallelExecutor]:
+    ex = create_executor(ParallelConfig(enabled=True, strategy="processes", max_workers=2))
+    try:
+        yield ex
+    finally:
+        ex.shutdown()
+
+
+def _items(model: Model, n: int = 12) -> list[tuple[int, dict[str, Any]]]:
+    return [(x, {"model": model, "row": x}) for x in range(n)]
+
+
+def _once_per_worker(seen: list[tuple[int, int, int, float]]) -> dict[int, int]:
+    """pid -> shared objects that worker had unpickled; one model object per worker."""
+    by_pid: dict[int, set[tuple[int, int]]] = {}
+    for pid, loads, address, _ in seen:
+        by_pid.setdefault(pid, set()).add((loads, address))
+    assert PARENT not in by_pid, "the map ran in the caller's process"
+    for pid, states in by_pid.items():
+        # the count never moved during the map and every item saw the same object
+        assert len(states) == 1, (pid, states)
+    return {pid: next(iter(states))[0] for pid, states in by_pid.items()}
+
+
+@pytest.mark.timeout(120)
+def test_an_object_in_every_item_is_unpickled_once_per_worker_across_maps(
+    executor: ParallelExecutor,
+) -> None:
+    model = Model(2.0)
+    first = executor.map(_from_item, _items(model), chunksize=1)
+    assert [r[3] for r in first] == [2.0 * x for x in range(12)]
+    assert set(_once_per_worker(first).values()) == {1}  # a fresh pool: the first load
+    second = executor.map(_from_item, _items(model), chunksize=1)
+    assert [r[3] for r in second] == [2.0 * x for x in range(12)]
+    assert set(_once_per_worker(second).values()) == {1}, "a warm worker unpickled it again"
+    assert executor.metrics.fallbacks == 0
+    assert len(object_files(PARENT)) == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("shape", ["partial", "method", "closure"])
+def test_an_object_bound_into_fn_is_unpickled_once_per_worker(
+    executor: ParallelExecutor, shape: str
+) -> None:
+    model = Model(3.0)
+    if shape == "partial":
+        fn: Any = functools.partial(_bound, model)
+    elif shape == "method":
+        fn = model.predict
+    else:
+
+        def fn(x: float) -> tuple[int, int, int, float]:
+            return _seen(model, x)
+
+    for _ in range(2):
+        seen = executor.map(fn, list(range(10)), chunksize=1)
+        assert [r[3] for r in seen] == [3.0 * x for x in range(10)]
+        assert set(_once_per_worker(seen).values()) == {1}
+    assert executor.metrics.fallbacks == 0
+
+
+@pytest.mark.timeout(120)
+def test_an_object_changed_between_maps_is_sent_again(executor: ParallelExecutor) -> None:
+    model = Model(1.0)
+    assert [r[3] for r in executor.map(_from_item, _items(model), chunksize=1)] == [
+        float(x) for x in range(12)
+    ]
+    model.weight = 5.0  # same object, new content
+    assert [r[3] for r in executor.map(_from_item, _items(model), chunksize=1)] == [
+        5.0 * x for x in range(12)
+    ]
+    assert executor.metrics.fallbacks == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_keeps_what_its_items_changed_in_the_shared_object(
+    executor: ParallelExecutor,
+) -> None:
+    # as in the serial loop, where every item sees the one object, counts only go up on a
+    # worker; a fresh copy per chunk would restart them at 1 for every chunk
+    model = Model(1.0)
+    got = executor.map(_mutating, [(x, model) for x in range(8)], chunksize=1)
+    assert sorted(got) != [1] * 8
+    assert model.calls == 0  # the caller's object is not the workers'
+
+
+@pytest.mark.timeout(120)
+def test_the_store_keeps_a_bounded_number_of_files(
+    executor: ParallelExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared_objects, "STORE_MAX_FILES", 2)
+    for weight in range(6):
+        model = Model(float(weight))
+        got = executor.map(_from_item, _items(model, 4), chunksize=1)
+        assert [r[3] for r in got] == [float(weight) * x for x in range(4)]
+        assert len(object_files(PARENT)) <= 2
+    executor.shutdown()
+    assert object_files(PARENT) == []
+
+
+def _crash_once(parent: int, item: tuple[int, dict[str, Any]]) -> float:
+    x, state = item
+    if x == 2 and os.getpid() != parent:
+        os._exit(1)  # only in a worker: the serial re-run in the parent succeeds
+    return state["model"].weight * x
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_worker_falls_back_and_the_next_pool_shares_again(
+    executor: ParallelExecutor,
+) -> None:
+    model = Model(2.0)
+    got = executor.map(functools.partial(_crash_once, PARENT), _items(model, 6), chunksize=1)
+    assert got == [2.0 * x for x in range(6)]
+    assert executor.metrics.fallbacks == 1
+    seen = executor.map(_from_item, _items(model), chunksize=1)
+    assert [r[3] for r in seen] == [2.0 * x for x in range(12)]
+    assert set(_once_per_worker(seen).values()) == {1}  # the fresh pool's workers
+    assert executor.metrics.fallbacks == 1
+    executor.shutdown()
+    assert object_files(PARENT) == []
+
+
+KILLED_PARENT = """
+import os, time
+from ce_parallel import ParallelConfig, create_executor
+
+class Model:
+    def __init__(self):
+        self.blob = bytes({size})
+
+def slow(item):
+    time.sleep(60)
+    return item[0]
+
+ex = create_executor(ParallelConfig(enabled=True, strategy="processes", max_workers=2))
+print(os.getpid(), flush=True)
+model = Model()
+ex.map(slow, [(i, model) for i in range(4)], chunksize=1)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_object_files_of_a_killed_process_are_removed() -> None:
+    script = textwrap.dedent(KILLED_PARENT.format(size=2 * SHARED_OBJECT_MIN_BYTES))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        deadline = time.monotonic() + 60
+        while not object_files(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert object_files(child), "the map placed no object file"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 60
+        while object_files(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert object_files(child) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+# -- what is shared ------------------------------------------------------------------------
+
+
+def test_bound_objects_of_each_callable_shape() -> None:
+    model = Model(1.0)
+    assert bound_objects(functools.partial(_bound, model)) == [model]
+    assert bound_objects(functools.partial(functools.partial(_bound), model=model)) == [model]
+    assert bound_objects(model.predict) == [model]
+
+    def closure(x: float) -> Any:
+        return model, x
+
+    assert bound_objects(closure) == [model]
+    assert bound_objects(_bound) == []
+    assert bound_objects(len) == []
+
+
+def test_find_shared_counts_objects_met_in_two_items() -> None:
+    model, other = Model(1.0), Model(2.0)
+    items = [(i, {"model": model, "own": Model(0.0, 8), "array": np.zeros(3)}) for i in range(4)]
+    assert find_shared(_from_item, items) == [model]
+    # met in one item only, or containers and arrays shared by all: nothing to share
+    assert find_shared(_from_item, [(0, {"m": other})]) == []
+    shared_list, array = [1, 2], np.zeros(3)
+    assert find_shared(_from_item, [(shared_list, array, "s")] * 3) == []
+
+
+def test_small_objects_and_objects_holding_large_arrays_stay_in_the_chunks() -> None:
+    store = ObjectStore()
+    try:
+        small = Model(1.0, size=SHARED_OBJECT_MIN_BYTES // 4)
+        big = Model(1.0)
+        with_array = Model(1.0, size=8)
+        with_array.array = np.zeros(2 * SHARED_ARRAY_MIN_BYTES // 8)  # type: ignore[attr-defined]
+        from ce_parallel.shared_arrays import MapSegments
+
+        segments = MapSegments()
+        segments.share_objects(store, _bound, [(small, big, with_array)] * 2)
+        assert segments.shared_objects == 1  # the big one only
+        assert store.files == 1
+        segments.release()
+    finally:
+        store.release()
+    assert object_files(PARENT) == []
+
+
+@pytest.mark.timeout(120)
+def test_an_object_holding_a_large_array_still_gets_it_read_only(
+    executor: ParallelExecutor,
+) -> None:
+    holder = Model(1.0, size=8)
+    holder.array = np.full(2 * SHARED_ARRAY_MIN_BYTES // 8, 1.0)  # type: ignore[attr-defined]
+
+    def total(item: tuple[int, Model]) -> tuple[float, bool]:
+        array = item[1].array  # type: ignore[attr-defined]
+        return float(np.sum(array)), bool(array.flags.writeable)
+
+    got = executor.map(total, [(i, holder) for i in range(4)], chunksize=1)
+    assert got == [(float(holder.array.size), False)] * 4  # type: ignore[attr-defined]
+    assert object_files(PARENT) == []
+
+
+# -- how arrays are pickled, what a task weighs --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6.0).reshape(2, 3),
+        np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        np.arange(10)[::3],
+        np.array(3.5),
+        np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),
+        np.array(["x", None], dtype=object),
+        np.zeros(2 * 64 * 1024),  # above SMALL_ARRAY_PICKLE_BYTES: protocol 5
+    ],
+    ids=["c", "fortran", "strided", "0-d", "structured", "object", "large"],
+)
+def test_results_pickled_with_the_array_reduction_come_back_equal(array: Any) -> None:
+    from ce_parallel.worker import pack_results, unpack_results
+
+    packed = pack_results([array, {"nested": [array]}])
+    assert packed is not None
+    back, nested = unpack_results(packed, 2, 0)
+    for got in (back, nested["nested"][0]):
+        assert got.dtype == array.dtype and got.shape == array.shape
+        if array.flags.c_contiguous or array.flags.f_contiguous:
+            # (a strided view comes back contiguous, as with any pickling)
+            assert got.flags.f_contiguous == array.flags.f_contiguous
+        assert (got == array).all() if array.dtype != object else list(got) == list(array)
+
+
+def test_small_arrays_use_the_c_reduction_and_large_ones_protocol_5() -> None:
+    from ce_parallel.array_reduce import reduce_array
+    from ce_parallel.heuristics import SMALL_ARRAY_PICKLE_BYTES
+
+    small = np.zeros(4)
+    large = np.zeros(SMALL_ARRAY_PICKLE_BYTES // 8)
+    assert reduce_array(small)[0] is small.__reduce__()[0]
+    assert reduce_array(large)[0] is large.__reduce_ex__(5)[0]
+
+
+def test_pickled_size_counts_left_out_objects_as_a_reference() -> None:
+    from ce_parallel.pilot import pickled_size
+
+    model = Model(1.0)
+    item = (1, {"model": model})
+    full, without = pickled_size(item), pickled_size(item, [model])
+    assert full is not None and without is not None
+    assert full > 2 * SHARED_OBJECT_MIN_BYTES > 100 > without
+
+
+def _cheap(item: tuple[int, Model]) -> int:
+    return item[0]
+
+
+@pytest.mark.parametrize(("strategy", "shares"), [("processes", True), ("joblib", False)])
+def test_the_facade_weighs_a_task_without_objects_its_strategy_sends_once(
+    strategy: str, shares: bool
+) -> None:
+    from ce_parallel import ParallelFacade
+    from ce_parallel.costs import MEMORY, Measurement
+    from ce_parallel.registry import strategy_records
+
+    assert strategy_records()[strategy].shares_objects is shares
+    model = Model(1.0, size=2 * 1024 * 1024)  # above PROCESS_MAX_TASK_BYTES whole
+    items = [(i, model) for i in range(64)]
+    MEMORY.remember_fn(
+        _cheap,
+        Measurement(
+            per_item_s=0.01,
+            item_bytes=len(model.blob) + 100,
+            item_unshared_bytes=100,
+        ),
+    )
+    facade = ParallelFacade(ParallelConfig(enabled=True, strategy=strategy, full_matrix=True))
+    try:
+        facade.map(_cheap, items)
+        decision = facade.last_decision
+        assert decision is not None
+        if shares:
+            assert decision.bytes_hint == 100
+            assert decision.reason != "payload_too_large"
+        else:
+            assert decision.bytes_hint == len(model.blob) + 100
+            assert decision.reason == "payload_too_large"
+    finally:
+        facade.close()
+        MEMORY.clear()
