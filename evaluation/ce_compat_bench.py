@@ -1,12 +1,18 @@
-"""calibrated-explanations ``explain_factual``: serial vs its own executor vs ce-parallel's adapter.
+"""calibrated-explanations: serial vs its own executor vs ce-parallel's adapter.
 
-The workload: a random forest on scikit-learn's breast-cancer data, explain_factual on 200 rows
-(results in evaluation/results/ce_compat.md). Every runner is an explainer built once; each
-keeps its pool across calls, so after one warm-up call the rounds measure warm calls. Runners
-are interleaved round by round so that a busy machine slows them alike; the table shows the
-median of the rounds and the first (cold) call.
+Two workloads: ``--data breast_cancer`` (a random forest on scikit-learn's breast-cancer data,
+the earlier table in evaluation/results/ce_compat.md) and ``--data synthetic``, the
+configuration of the data-movement targets: ``make_classification(3000, 20)``, a random forest
+of 50 trees fitted on 1,000 rows, 1,000 calibration rows, explaining 200 or 1,000 of the rest.
+Every runner is an explainer built once; each keeps its pool across calls, so the first call
+is the cold one and the rounds after it are warm. Runners are interleaved round by round so
+that a busy machine slows them alike; the table shows the first call and the median of the
+rounds. Every runner's feature weights are compared with the serial explainer's.
 
     python evaluation/ce_compat_bench.py --rounds 7
+    python evaluation/ce_compat_bench.py --data synthetic --trees 50 --rows 200 1000 \
+        --methods explain_factual explore_alternatives --rounds 5 \
+        --json evaluation/results/ce_compat.json
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -25,10 +32,18 @@ INSTANCE_PLUGINS = {
 }
 
 
-def build(rows: int, trees: int) -> tuple[Any, Any, Any, Any]:
+def build(data: str, rows: int, trees: int) -> tuple[Any, Any, Any, Any]:
     """Model, calibration data and the rows to explain (deterministic)."""
-    from sklearn.datasets import load_breast_cancer
     from sklearn.ensemble import RandomForestClassifier
+
+    if data == "synthetic":
+        from sklearn.datasets import make_classification
+
+        x, y = make_classification(3000, 20, random_state=0)
+        model = RandomForestClassifier(n_estimators=trees, random_state=0)
+        model.fit(x[:1000], y[:1000])
+        return model, x[1000:2000], y[1000:2000], x[2000 : 2000 + rows]
+    from sklearn.datasets import load_breast_cancer
     from sklearn.model_selection import train_test_split
 
     x, y = load_breast_cancer(return_X_y=True)
@@ -68,45 +83,171 @@ def timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def weights(result: Any) -> list[Any]:
+    """The feature weights of every explanation, to compare runners with."""
+    return [e.feature_weights for e in result.explanations]
+
+
+def same_weights(a: list[Any], b: list[Any]) -> bool:
+    import numpy as np
+
+    if len(a) != len(b):
+        return False
+    for wa, wb in zip(a, b, strict=True):
+        if set(wa) != set(wb):
+            return False
+        for key in wa:
+            if not np.array_equal(np.asarray(wa[key]), np.asarray(wb[key])):
+                return False
+    return True
+
+
+def run_case(args: argparse.Namespace, rows: int, method: str) -> dict[str, Any]:
+    """One (rows, method) case: every runner cold, then ``args.rounds`` warm rounds."""
+    model, x_cal, y_cal, x_test = build(args.data, rows, args.trees)
+    table = runners(model, x_cal, y_cal, args.runners)
+    first: dict[str, float] = {}
+    results: dict[str, Any] = {}
+    for name, (explainer, _) in table.items():
+        started = time.perf_counter()
+        results[name] = getattr(explainer, method)(x_test)
+        first[name] = time.perf_counter() - started
+    reference = weights(results["serial"])
+    correct = {name: same_weights(reference, weights(r)) for name, r in results.items()}
+    times: dict[str, list[float]] = {name: [] for name in table}
+    names = list(table)
+    for round_ in range(args.rounds):
+        # order rotated each round: no runner always follows another one's pool
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            explainer = table[name][0]
+            times[name].append(timed(lambda e=explainer: getattr(e, method)(x_test)))
+    for _, executor in table.values():
+        if executor is not None and hasattr(executor, "shutdown"):
+            executor.shutdown()
+    serial = statistics.median(times["serial"])
+    cold_serial = first["serial"]
+    return {
+        "rows": rows,
+        "method": method,
+        "runners": {
+            name: {
+                "first_s": round(first[name], 4),
+                "median_s": round(statistics.median(values), 4),
+                "min_s": round(min(values), 4),
+                "speedup_vs_serial": round(serial / statistics.median(values), 3),
+                "first_vs_serial_first": round(first[name] / cold_serial, 3),
+                "first_vs_serial_median": round(first[name] / serial, 3),
+                "same_feature_weights": correct[name],
+            }
+            for name, values in times.items()
+        },
+    }
+
+
+def print_case(case: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"\n{case['method']}, {case['rows']} rows ({args.data}), random forest of {args.trees} "
+        f"trees, median of {args.rounds} warm rounds (runners interleaved)"
+    )
+    print(
+        f"{'runner':<16}{'first s':>9}{'median s':>10}{'min s':>8}{'x serial':>10}"
+        f"{'first/serial':>14}{'weights':>9}"
+    )
+    for name, row in case["runners"].items():
+        print(
+            f"{name:<16}{row['first_s']:>9.2f}{row['median_s']:>10.2f}{row['min_s']:>8.2f}"
+            f"{row['speedup_vs_serial']:>10.2f}{row['first_vs_serial_median']:>14.2f}"
+            f"{'same' if row['same_feature_weights'] else 'DIFFER':>9}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--data", choices=["breast_cancer", "synthetic"], default="breast_cancer")
+    parser.add_argument("--rows", type=int, nargs="+", default=[200])
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["explain_factual"],
+        choices=["explain_factual", "explore_alternatives"],
+    )
     parser.add_argument(
         "--runners",
         nargs="+",
         default=["ours:processes", "ours:threads", "ours:joblib", "ce:processes", "ce:threads"],
         help="owner:strategy, owner 'ours' (ce-parallel adapter) or 'ce' (its own executor)",
     )
+    parser.add_argument("--json", help="write the cases and the machine's facts here")
+    parser.add_argument("--plot", help="write a bar chart of the speed-ups here (PNG)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")  # calibrated-explanations warns on every call it chunks
     load_before = os.getloadavg()
-    model, x_cal, y_cal, x_test = build(args.rows, args.trees)
-    table = runners(model, x_cal, y_cal, args.runners)
-    first = {name: timed(lambda e=e: e.explain_factual(x_test)) for name, (e, _) in table.items()}
-    times: dict[str, list[float]] = {name: [] for name in table}
-    for _ in range(args.rounds):
-        for name, (explainer, _) in table.items():
-            times[name].append(timed(lambda e=explainer: e.explain_factual(x_test)))
-    serial = statistics.median(times["serial"])
-    print(f"explain_factual, {args.rows} rows, random forest of {args.trees} trees,")
-    print(f"median of {args.rounds} warm rounds (runners interleaved)")
+    cases = []
+    for rows in args.rows:
+        for method in args.methods:
+            case = run_case(args, rows, method)
+            print_case(case, args)
+            cases.append(case)
     load_after = os.getloadavg()
     print(
-        f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}, "
+        f"\nload average before {load_before[0]:.1f}, after {load_after[0]:.1f}, "
         f"{os.cpu_count()} CPUs"
     )
-    print(f"{'runner':<16}{'first s':>9}{'median s':>10}{'min s':>8}{'x serial':>10}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(
-            f"{name:<16}{first[name]:>9.2f}{median:>10.2f}{min(values):>8.2f}"
-            f"{serial / median:>10.2f}"
+    if args.json:
+        import json
+        import platform
+
+        import calibrated_explanations
+        import sklearn
+
+        facts = {
+            "command": "python evaluation/ce_compat_bench.py " + " ".join(argv or sys.argv[1:]),
+            "data": args.data,
+            "trees": args.trees,
+            "rounds": args.rounds,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "calibrated_explanations": calibrated_explanations.__version__,
+            "scikit_learn": sklearn.__version__,
+            "load_average_before": round(load_before[0], 2),
+            "load_average_after": round(load_after[0], 2),
+        }
+        with open(args.json, "w") as out:
+            json.dump({"facts": facts, "cases": cases}, out, indent=1)
+            out.write("\n")
+    if args.plot:
+        plot(cases, args.plot)
+
+
+def plot(cases: list[dict[str, Any]], path: str) -> None:
+    """Warm speed-up (bars) and first call (dots) against the serial explainer, per case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in cases[0]["runners"] if n != "serial"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + k * width for i in range(len(cases))]
+        ax.bar(xs, [c["runners"][name]["speedup_vs_serial"] for c in cases], width, label=name)
+        ax.plot(
+            xs,
+            [1 / c["runners"][name]["first_vs_serial_median"] for c in cases],
+            "k.",
+            markersize=8,
         )
-    for _, executor in table.values():
-        if executor is not None and hasattr(executor, "shutdown"):
-            executor.shutdown()
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+    ax.set_xticklabels([f"{c['method']}\n{c['rows']} rows" for c in cases], fontsize=8)
+    ax.set_ylabel("x serial (bars: warm median; dots: first call)")
+    ax.set_title("calibrated-explanations through ce-parallel vs its own executor")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
