@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import costing, heuristics
 from ._warn import warn_at_caller
+from .answers import Answers
 from .asking import joblib_says_serial, nested_in
 from .callers import (
     call_site,
@@ -36,17 +37,17 @@ from .callers import (
 )
 from .checks import check_int, rejected
 from .config import ENV_FULL, ParallelConfig, operator_switch
-from .costs import MEMORY
 from .decision import FullMatrixWarning, ParallelDecision
 from .executor import shift_item_index, spawn_seeds
 from .gate import Ground, Question, decide
 from .metrics import ParallelMetrics
-from .pools import FacadePools, warm_generation
+from .pools import FacadePools
 from .registry import conservative_strategies, strategy_records
+from .repeats import repeat_key, repeatable
 from .resources import Resources, detect_resources
-from .serial_loop import SERIAL_BLOCK_TARGET_S, run_one_block
+from .serial_loop import run_one_block
 from .telemetry import TelemetryCallback, emit, linked, wanted
-from .worker import IN_WORKER_ENV, in_worker
+from .worker import IN_WORKER_ENV
 
 R = TypeVar("R")
 
@@ -125,9 +126,11 @@ class ParallelFacade:
         self._pools = FacadePools(merged, self.resources, metrics, share_pools)
         self._lock = threading.Lock()
         self._warned_full_matrix = False
-        self._decisions: dict[tuple[Any, ...], ParallelDecision] = {}
-        #: serial decisions of repeated maps, run without asking again (``_repeat_key``)
-        self._repeats: dict[tuple[Any, ...], tuple[ParallelDecision, costing.Costing | None]] = {}
+        self._decisions: Answers[tuple[Any, ...], ParallelDecision] = Answers(DECISION_CACHE_SIZE)
+        #: serial decisions of repeated maps, run without asking again (``repeats.repeat_key``)
+        self._repeats: Answers[tuple[Any, ...], tuple[ParallelDecision, costing.Costing | None]] = (
+            Answers(DECISION_CACHE_SIZE)
+        )
         self._closed = False
         self.last_decision: ParallelDecision | None = None
 
@@ -252,9 +255,7 @@ class ParallelFacade:
         )
         decision = decide(question, ground)
         if key is not None:
-            if len(self._decisions) >= DECISION_CACHE_SIZE:
-                self._decisions.clear()
-            self._decisions[key] = decision
+            self._decisions.put(key, decision)
         given = chosen if (decision.use_parallel and decision.reason == "enabled") else None
         return self._record(decision, site), given
 
@@ -331,9 +332,14 @@ class ParallelFacade:
         work = items if isinstance(items, list) else list(items)
         repeat = None
         if executor is None and seed is None and timeout is None and not progress:
-            repeat = self._repeat_key(
-                fn, len(work), n_instances, n_features, bytes_hint, seconds_per_item
-            )
+            repeat = None
+            if self._executor is None:
+                repeat = repeat_key(
+                    fn,
+                    (len(work), n_instances, n_features, bytes_hint, seconds_per_item),
+                    self.config,
+                    self.resources.budget.count,
+                )
             known = None if repeat is None else self._repeats.get(repeat)
             ran = None if known is None else self._run_repeat(known, fn, work)
             if ran is not None:
@@ -348,10 +354,8 @@ class ParallelFacade:
         decision, given = self._decide(
             instances, n_features, bytes_hint, executor, cost, len(work) - done, site
         )
-        if repeat is not None and self._repeatable(decision, cost, len(work)):
-            if len(self._repeats) >= DECISION_CACHE_SIZE:
-                self._repeats.clear()
-            self._repeats[repeat] = (decision, cost)
+        if repeat is not None and repeatable(decision, cost, len(work), self.config):
+            self._repeats.put(repeat, (decision, cost))
         rest = work[done:] if done else work
         rest_seeds = seeds[done:] if seeds is not None and done else seeds
         started = time.perf_counter()
@@ -399,63 +403,6 @@ class ParallelFacade:
             costing.check_run(cost, decision.strategy, items, wall, predicted)
 
     # -- repeated questions --------------------------------------------------------------------
-
-    def _repeat_key(
-        self,
-        fn: Callable[..., Any],
-        n: int,
-        n_instances: Any,
-        n_features: Any,
-        bytes_hint: Any,
-        seconds_per_item: Any,
-    ) -> tuple[Any, ...] | None:
-        """What a map's decision depends on, when it can be recognised cheaply; else None.
-
-        The arguments (by value and type, so that a value once validated is the same value),
-        the function's weak key, the asking thread and process (nesting is theirs), the cost
-        memory's and the pools' generations, the config's revision, and an active
-        ``joblib.parallel_config``.
-        """
-        if (
-            self._executor is not None
-            or type(n_features) is not int
-            or (n_instances is not None and type(n_instances) is not int)
-            or (bytes_hint is not None and type(bytes_hint) is not int)
-            or (seconds_per_item is not None and type(seconds_per_item) is not float)
-        ):
-            return None
-        fn_key = MEMORY.key(fn)
-        if fn_key is None:
-            return None
-        return (
-            fn_key,
-            n,
-            n_instances,
-            n_features,
-            bytes_hint,
-            seconds_per_item,
-            threading.get_ident(),
-            os.getpid(),
-            in_worker(),
-            MEMORY.generation,
-            warm_generation(),
-            self.config.revision,
-            joblib_says_serial(self.config.strategy, self.resources.budget.count),
-        )
-
-    def _repeatable(self, decision: ParallelDecision, cost: costing.Costing | None, n: int) -> bool:
-        """Whether the same question may reuse ``decision`` and run without asking again: a
-        serial decision from a known or assumed cost, for work that fits in the serial loop's
-        one block (no cancel or deadline to check between blocks), with nothing to record."""
-        config = self.config
-        return (
-            not decision.use_parallel
-            and (cost is None or cost.source in ("hint", "remembered"))
-            and config.worker_initializer is None
-            and decision.per_item_s is not None
-            and decision.per_item_s * n <= SERIAL_BLOCK_TARGET_S
-            and not wanted(config.telemetry, config.telemetry_path)
-        )
 
     def _run_repeat(
         self,

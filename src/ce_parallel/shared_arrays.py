@@ -75,7 +75,12 @@ def _array_reducers(reduce: Callable[[Any], Any]) -> dict[type, Callable[[Any], 
 
 def segment_files(pid: int | None = None) -> list[str]:
     """Paths of the segments created by process ``pid`` (any process when None) that exist."""
-    start = SEGMENT_PREFIX + ("" if pid is None else f"{pid}-")
+    return files_named(SEGMENT_PREFIX, pid)
+
+
+def files_named(prefix: str, pid: int | None) -> list[str]:
+    """Paths under ``SHM_DIR`` of files ``prefix`` + ``pid`` names (any pid when None)."""
+    start = prefix + ("" if pid is None else f"{pid}-")
     try:
         names = os.listdir(SHM_DIR)
     except OSError:
@@ -289,24 +294,12 @@ def _place(array: Any) -> Handle | None:
     import numpy as np
 
     nbytes = int(array.nbytes)
-    try:
-        stats = os.statvfs(SHM_DIR)
-    except OSError:
-        return None
-    if stats.f_bavail * stats.f_frsize < nbytes + SHM_RESERVE_BYTES:
-        return None
     order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
-    name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-    path = os.path.join(SHM_DIR, name)
-    tracker = _tracker()
-    # registered before the file exists: a parent killed in between leaves the tracker a name
-    # to remove, never a file nobody will remove
-    tracker.register(path, "file")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError:
-        tracker.unregister(path, "file")
+    created = new_file(SEGMENT_PREFIX, nbytes)
+    if created is None:
         return None
+    fd, name = created
+    path = os.path.join(SHM_DIR, name)
     try:
         try:
             if array.flags.c_contiguous or array.flags.f_contiguous:
@@ -325,6 +318,31 @@ def _place(array: Any) -> Handle | None:
         _remove(path)
         return None
     return name, tuple(array.shape), array.dtype, order, nbytes
+
+
+def new_file(prefix: str, nbytes: int) -> tuple[int, str] | None:
+    """A new file under ``SHM_DIR`` for ``nbytes``, open for writing: ``(fd, name)``.
+
+    None when the file system lacks room (``SHM_RESERVE_BYTES`` kept free) or refuses.
+    """
+    try:
+        stats = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    if stats.f_bavail * stats.f_frsize < nbytes + SHM_RESERVE_BYTES:
+        return None
+    name = f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
+    path = os.path.join(SHM_DIR, name)
+    tracker = _tracker()
+    # registered before the file exists: a parent killed in between leaves the tracker a name
+    # to remove, never a file nobody will remove
+    tracker.register(path, "file")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        tracker.unregister(path, "file")
+        return None
+    return fd, name
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -32,7 +32,6 @@ import hashlib
 import io
 import os
 import pickle
-import secrets
 import threading
 import types
 from collections import OrderedDict
@@ -41,7 +40,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import heuristics
-from .shared_arrays import SEGMENT_PREFIX, SHM_DIR, SHM_RESERVE_BYTES, _remove, _tracker
+from .shared_arrays import (
+    SEGMENT_PREFIX,
+    SHM_DIR,
+    _remove,
+    _write_all,
+    files_named,
+    new_file,
+)
 
 #: Every object file's name starts with this, then the creating process's id.
 OBJECT_PREFIX = SEGMENT_PREFIX + "obj-"
@@ -273,40 +279,21 @@ class ObjectStore:
 
 def object_files(pid: int | None = None) -> list[str]:
     """Paths of the object files created by process ``pid`` (any process when None)."""
-    start = OBJECT_PREFIX + ("" if pid is None else f"{pid}-")
-    try:
-        names = os.listdir(SHM_DIR)
-    except OSError:
-        return []
-    return sorted(os.path.join(SHM_DIR, n) for n in names if n.startswith(start))
+    return files_named(OBJECT_PREFIX, pid)
 
 
 def _write(blob: bytes) -> str | None:
-    try:
-        stats = os.statvfs(SHM_DIR)
-    except OSError:
+    created = new_file(OBJECT_PREFIX, len(blob))
+    if created is None:
         return None
-    if stats.f_bavail * stats.f_frsize < len(blob) + SHM_RESERVE_BYTES:
-        return None
-    name = f"{OBJECT_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-    path = os.path.join(SHM_DIR, name)
-    tracker = _tracker()
-    tracker.register(path, "file")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError:
-        tracker.unregister(path, "file")
-        return None
+    fd, name = created
     try:
         try:
-            view = memoryview(blob)
-            done = 0
-            while done < len(view):
-                done += os.write(fd, view[done:])
+            _write_all(fd, memoryview(blob))
         finally:
             os.close(fd)
     except OSError:
-        _remove(path)
+        _remove(os.path.join(SHM_DIR, name))
         return None
     return name
 

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from .. import costing, telemetry
+from ..answers import Answers
 from ..asking import nested_in
 from ..config import operator_switch
 from ..costs import Measurement
@@ -88,8 +89,10 @@ class AutoExecutor(ParallelExecutor):
         self._snapshot = replace(base, budget=self.budget)
         self._executors: dict[str, ParallelExecutor] = {}
         self._warmups: dict[str, _Warmup] = {}
-        self._selections: dict[tuple[Any, ...], Selection] = {}
-        self._decisions: dict[tuple[Question, int], ParallelDecision] = {}
+        self._selections: Answers[tuple[Any, ...], Selection] = Answers(SELECTION_CACHE_SIZE)
+        self._decisions: Answers[tuple[Question, int], ParallelDecision] = Answers(
+            SELECTION_CACHE_SIZE
+        )
         # the operator's kill switch holds on this front door too (read once, as the facade does)
         self._ground = Ground(
             self.config, self._snapshot, operator_switch() is False, front_door="executor"
@@ -152,9 +155,7 @@ class AutoExecutor(ParallelExecutor):
         key = (n, measured, warm)
         known = self._selections.get(key)
         if known is None:
-            if len(self._selections) >= SELECTION_CACHE_SIZE:
-                self._selections.clear()
-            known = self._selections[key] = self._new_selection(n, measured, warm)
+            known = self._selections.put(key, self._new_selection(n, measured, warm))
         return known
 
     def _new_selection(
@@ -277,9 +278,7 @@ class AutoExecutor(ParallelExecutor):
         decision = self._decisions.get(key)
         if decision is None:
             # the same question (a repeated map) gets the same answer without the rules again
-            if len(self._decisions) >= SELECTION_CACHE_SIZE:
-                self._decisions.clear()
-            decision = self._decisions[key] = decide(question, self._ground)
+            decision = self._decisions.put(key, decide(question, self._ground))
         if telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
             payload = decision.as_dict()
             payload.update(
