@@ -332,7 +332,6 @@ class ParallelFacade:
         work = items if isinstance(items, list) else list(items)
         repeat = None
         if executor is None and seed is None and timeout is None and not progress:
-            repeat = None
             if self._executor is None:
                 repeat = repeat_key(
                     fn,

@@ -37,6 +37,7 @@ import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from . import heuristics
@@ -157,7 +158,7 @@ def _walk(value: Any, depth: int) -> Iterable[Any]:
     if depth <= 0:
         return
     if isinstance(value, dict):
-        children: Iterable[Any] = list(value.values())[:SCAN_ITEMS]
+        children: Iterable[Any] = list(islice(value.values(), SCAN_ITEMS))
     elif isinstance(value, (tuple, list)):
         children = value[:SCAN_ITEMS]
     else:
