@@ -372,7 +372,24 @@ def test_the_facade_weighs_a_task_without_objects_its_strategy_sends_once(
             item_unshared_bytes=100,
         ),
     )
-    facade = ParallelFacade(ParallelConfig(enabled=True, strategy=strategy, full_matrix=True))
+    from ce_parallel.resources import CpuBudget, Resources
+
+    # no CI here, whatever runs the tests: the CI rule comes before the payload rule
+    machine = Resources(
+        budget=CpuBudget(2, "machine", {"machine": 2}),
+        ci=False,
+        ci_provider=None,
+        platform="linux",
+        start_method="fork",
+        spawn_cost_s=0.01,
+        process_start_s=0.2,
+        thread_start_s=0.001,
+    )
+    facade = ParallelFacade(
+        ParallelConfig(enabled=True, strategy=strategy, full_matrix=True),
+        environ={},
+        resources=machine,
+    )
     try:
         facade.map(_cheap, items)
         decision = facade.last_decision
