@@ -287,6 +287,7 @@ _builtin(
     start_cost="process_pool",
     per_map_overhead_s=_joblib_overhead(),
     requires=("joblib",),
+    shares_objects=True,
     summary="joblib's loky backend, with its memory-mapping of large arrays",
 )
 _builtin(
@@ -295,6 +296,7 @@ _builtin(
     pickles_work=True,
     start_cost="cluster",
     requires=("distributed",),
+    shares_objects=True,
     summary="tasks on a Dask distributed cluster (given, or a local one)",
 )
 _builtin(

@@ -37,7 +37,7 @@ import pickle
 import secrets
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -130,7 +130,7 @@ class MapSegments:
         ``store`` is the executor's ``shared_objects.ObjectStore``; the references it hands
         out are pinned until this map is released.
         """
-        from .shared_objects import find_shared
+        from .shared_objects import dump_object, find_shared
 
         with self._lock:
             if self._objects_prepared or self._released:
@@ -139,24 +139,7 @@ class MapSegments:
         candidates = find_shared(fn, items)
         if not candidates:
             return
-        from loky.backend.reduction import get_loky_pickler
-
-        def inline(array: Any) -> Any:
-            if self._worth_sharing(array):
-                # its large arrays go through this map's segments (read-only in the workers),
-                # which a file kept for the pool's life cannot name
-                raise _HoldsLargeArray
-            return array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-
-        def dumps(obj: Any) -> bytes:
-            buffer = io.BytesIO()
-            pickler = get_loky_pickler()(
-                buffer, reducers=_array_reducers(inline), protocol=pickle.HIGHEST_PROTOCOL
-            )
-            pickler.dump(obj)
-            return buffer.getvalue()
-
-        refs = store.share(candidates, dumps)
+        refs = store.share(candidates, dump_object)
         with self._lock:
             if self._released:
                 store.done(refs.values())
@@ -196,13 +179,8 @@ class MapSegments:
             return reduce_array(array)
         return attach, (handle,)
 
-    @staticmethod
-    def _worth_sharing(array: Any) -> bool:
-        # small, or holds pointers that mean nothing in another process: pickled
-        return array.nbytes >= heuristics.SHARED_ARRAY_MIN_BYTES and not array.dtype.hasobject
-
     def _share(self, array: Any) -> Handle | None:
-        if not self._worth_sharing(array):
+        if not worth_segment(array):
             return None
         with self._lock:
             known = self._by_id.get(id(array))
@@ -264,6 +242,12 @@ class MapSegments:
             store.done(refs)
         if self._on_release is not None:
             self._on_release(self)
+
+
+def worth_segment(array: Any) -> bool:
+    """Whether ``array`` travels through a shared segment rather than inside a pickle."""
+    # small, or holds pointers that mean nothing in another process: pickled
+    return array.nbytes >= heuristics.SHARED_ARRAY_MIN_BYTES and not array.dtype.hasobject
 
 
 class _HoldsLargeArray(Exception):
@@ -424,8 +408,9 @@ def drop_released_segments() -> int:
         return len(_cache)
 
 
-def run_shared_chunk(start: int, payload: bytes) -> Any:
-    """Unpickle a chunk that ``MapSegments.dumps`` packed, then run it as ``run_chunk`` does.
+def run_shared_chunk(start: int, payload: bytes, buffers: Sequence[Any] = ()) -> Any:
+    """Unpickle a chunk that ``MapSegments.dumps`` (or ``shared_objects.dumps_referencing``,
+    with its out-of-band ``buffers``) packed, then run it as ``run_chunk`` does.
 
     A chunk that cannot be unpickled here (a released segment, an item whose ``__setstate__``
     fails) is reported as lost by the machinery, never raised: loky would otherwise treat the
@@ -435,7 +420,7 @@ def run_shared_chunk(start: int, payload: bytes) -> Any:
     from .worker import ChunkOutcome, run_chunk
 
     try:
-        job = loads(payload)
+        job = loads(payload, buffers)
     except Exception as exc:
         from .errors import SerializationError
 

@@ -32,10 +32,11 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import threading
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -44,10 +45,14 @@ from . import heuristics
 from .shared_arrays import (
     SEGMENT_PREFIX,
     SHM_DIR,
+    _array_reducers,
+    _HoldsLargeArray,
+    _referencing,
     _remove,
     _write_all,
     files_named,
     new_file,
+    worth_segment,
 )
 
 #: Every object file's name starts with this, then the creating process's id.
@@ -278,6 +283,100 @@ class ObjectStore:
             _remove(os.path.join(SHM_DIR, name))
 
 
+def dump_object(obj: Any) -> bytes:
+    """``obj`` pickled for the store with loky's pickler, its small arrays inline.
+
+    Raises when it holds an array that ``worth_segment``: such arrays travel through a map's
+    segments (or joblib's memory-maps), which a file kept for the pool's life cannot name.
+    """
+    from loky.backend.reduction import get_loky_pickler
+
+    def inline(array: Any) -> Any:
+        if worth_segment(array):
+            raise _HoldsLargeArray
+        return array.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+
+    buffer = io.BytesIO()
+    pickler = get_loky_pickler()(
+        buffer, reducers=_array_reducers(inline), protocol=pickle.HIGHEST_PROTOCOL
+    )
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+def release_when_done(
+    store: ObjectStore, refs: Sequence[Reference], futures: Sequence[Any]
+) -> None:
+    """Unpin ``refs`` in ``store`` once every one of ``futures`` is done."""
+    if not refs:
+        return
+    lock = threading.Lock()
+    left = [len(futures)]
+
+    def one_done(_: Any) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            store.done(refs)
+
+    if not futures:
+        store.done(refs)
+    for fut in futures:
+        fut.add_done_callback(one_done)
+
+
+def dumps_referencing(
+    obj: Any, refs: dict[int, Reference], out_of_band: bool = True
+) -> tuple[bytes, list[Any]]:
+    """``obj`` pickled with cloudpickle, shared objects by reference, large arrays out of band.
+
+    For a pool whose own pickler must still see the large arrays (joblib memory-maps them): the
+    buffers of arrays that ``worth_segment`` come back beside the bytes as flat ``uint8``
+    arrays, for that pickler to send as it sends any array; ``shared_arrays.run_shared_chunk``
+    takes both. With ``out_of_band=False`` every array is inside the bytes. Small arrays are
+    pickled with ``array_reduce.reduce_array``.
+    """
+    buffers: list[Any] = []
+    numpy = sys.modules.get("numpy") if out_of_band else None
+
+    def keep_large(view: pickle.PickleBuffer) -> bool:
+        raw = view.raw()
+        if numpy is None or raw.nbytes < heuristics.SHARED_ARRAY_MIN_BYTES:
+            return True  # in band
+        buffers.append(numpy.frombuffer(raw, dtype=numpy.uint8))
+        return False
+
+    stream = io.BytesIO()
+    pickler = _referencing(_fast_array_cloudpickler())(
+        stream, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=keep_large
+    )
+    pickler.refs = refs
+    pickler.dump(obj)
+    return stream.getvalue(), buffers
+
+
+_cloudpickler: type | None = None
+
+
+def _fast_array_cloudpickler() -> type:
+    global _cloudpickler
+    if _cloudpickler is None:
+        import cloudpickle
+
+        from .array_reduce import reduce_array
+
+        class FastArrayPickler(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                numpy = sys.modules.get("numpy")
+                if numpy is not None and type(obj) is numpy.ndarray and not obj.dtype.hasobject:
+                    return reduce_array(obj)
+                return super().reducer_override(obj)
+
+        _cloudpickler = FastArrayPickler
+    return _cloudpickler
+
+
 def object_files(pid: int | None = None) -> list[str]:
     """Paths of the object files created by process ``pid`` (any process when None)."""
     return files_named(OBJECT_PREFIX, pid)
@@ -301,24 +400,41 @@ def _write(blob: bytes) -> str | None:
 
 # -- worker side --------------------------------------------------------------------------
 
-_cache: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+_cache: OrderedDict[str, tuple[str | None, Any]] = OrderedDict()
 _cache_lock = threading.Lock()
 _loads = 0
 
 
 def load_object(reference: Reference) -> Any:
     """The object a reference names, unpickled once per worker (``persistent_load``)."""
-    global _loads
     tag, digest, name = reference
     if tag != REFERENCE_TAG:
         raise pickle.UnpicklingError(f"unknown persistent reference {reference!r}")
+
+    def read() -> bytes:
+        with open(os.path.join(SHM_DIR, name), "rb") as file:
+            return file.read()
+
+    obj = cached_object(digest, read, name)
+    from .shared_arrays import _start_janitor
+
+    _start_janitor()
+    return obj
+
+
+def cached_object(digest: str, read: Callable[[], bytes], name: str | None = None) -> Any:
+    """The object pickled as ``read()``'s bytes, unpickled once per process while cached.
+
+    ``name``: the file the bytes came from; the entry is dropped once that file is gone
+    (``drop_released_objects``). Without one it stays until newer objects push it out.
+    """
+    global _loads
     with _cache_lock:
         hit = _cache.get(digest)
         if hit is not None:
             _cache.move_to_end(digest)
             return hit[1]
-    with open(os.path.join(SHM_DIR, name), "rb") as file:
-        blob = file.read()
+    blob = read()
     from .worker import gc_paused
 
     with gc_paused():
@@ -328,9 +444,6 @@ def load_object(reference: Reference) -> Any:
         obj = _cache.setdefault(digest, (name, obj))[1]
         while len(_cache) > WORKER_CACHE_SIZE:
             _cache.popitem(last=False)
-    from .shared_arrays import _start_janitor
-
-    _start_janitor()
     return obj
 
 
@@ -343,7 +456,7 @@ def drop_released_objects() -> int:
     """Forget cached objects whose file is gone; returns how many are still cached."""
     with _cache_lock:
         named = [(digest, name) for digest, (name, _) in _cache.items()]
-    gone = [d for d, n in named if not os.path.exists(os.path.join(SHM_DIR, n))]
+    gone = [d for d, n in named if n is not None and not os.path.exists(os.path.join(SHM_DIR, n))]
     with _cache_lock:
         for digest in gone:
             _cache.pop(digest, None)
@@ -355,19 +468,43 @@ class _Loader(pickle.Unpickler):
         return load_object(pid)
 
 
-def loads(payload: bytes) -> Any:
-    """Unpickle a chunk whose shared objects travel as references."""
-    return _Loader(io.BytesIO(payload)).load()
+class _MappingLoader(pickle.Unpickler):
+    objects: Mapping[str, bytes] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        tag, digest, _ = pid
+        if tag != REFERENCE_TAG or digest not in self.objects:
+            raise pickle.UnpicklingError(f"unknown persistent reference {pid!r}")
+        return cached_object(digest, lambda: self.objects[digest])
+
+
+def loads_with(payload: bytes, objects: Mapping[str, bytes]) -> Any:
+    """Unpickle ``payload`` whose references name pickles in ``objects`` (by digest); each is
+    unpickled once per process while cached (``cached_object``)."""
+    loader = _MappingLoader(io.BytesIO(payload))
+    loader.objects = objects
+    return loader.load()
+
+
+def loads(payload: bytes, buffers: Sequence[Any] = ()) -> Any:
+    """Unpickle a chunk whose shared objects travel as references (and large arrays, when
+    ``dumps_referencing`` packed it, as ``buffers``)."""
+    return _Loader(io.BytesIO(payload), buffers=buffers).load()
 
 
 __all__ = [
     "ObjectStore",
     "Reference",
     "bound_objects",
+    "cached_object",
     "drop_released_objects",
+    "dump_object",
+    "dumps_referencing",
     "find_shared",
     "load_object",
     "loads",
+    "loads_with",
     "object_files",
+    "release_when_done",
     "worker_loads",
 ]

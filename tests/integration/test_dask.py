@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from workfns import boom_at, sleep_then_return, square  # noqa: E402
 
 from ce_parallel import ParallelConfig, create_executor  # noqa: E402
 from ce_parallel.errors import SerializationError, WorkerCrashedError  # noqa: E402
+from ce_parallel.heuristics import SHARED_OBJECT_MIN_BYTES  # noqa: E402
 from ce_parallel.resources import Resources, cpu_budget  # noqa: E402
+from ce_parallel.shared_objects import worker_loads  # noqa: E402
 from ce_parallel.strategies import strategy_class  # noqa: E402
 from ce_parallel.strategies.dask import (  # noqa: E402
     PLUGIN_PREFIX,
@@ -181,6 +184,62 @@ def test_large_function_is_scattered_once_per_map(client: Any) -> None:
         assert counting.scatters == 1
         assert ex.map(square, range(20), chunksize=2) == [i * i for i in range(20)]
         assert counting.scatters == 1  # a small function travels inside each task
+
+
+class Model:
+    """Stands for a fitted model: a pickle above SHARED_OBJECT_MIN_BYTES and a weight."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.blob = os.urandom(2 * SHARED_OBJECT_MIN_BYTES)  # content no other test has
+
+
+def _seen(model: Model, x: int) -> tuple[int, int, int, float]:
+    """(pid, shared objects this process has unpickled, id of the model here, result)."""
+    return os.getpid(), worker_loads(), id(model), model.weight * x
+
+
+def _from_item(item: tuple[int, dict[str, Model]]) -> tuple[int, int, int, float]:
+    return _seen(item[1]["model"], item[0])
+
+
+def _per_worker(seen: list[tuple[int, int, int, float]]) -> dict[int, tuple[int, int]]:
+    """pid -> (loads, model id), asserting each worker saw one model and loaded nothing more."""
+    by_pid: dict[int, set[tuple[int, int]]] = {}
+    for pid, loads, address, _ in seen:
+        by_pid.setdefault(pid, set()).add((loads, address))
+    assert os.getpid() not in by_pid, "the map ran in the caller's process"
+    for pid, states in by_pid.items():
+        assert len(states) == 1, (pid, states)
+    return {pid: next(iter(states)) for pid, states in by_pid.items()}
+
+
+@pytest.mark.parametrize("shape", ["items", "partial"])
+def test_a_shared_object_is_scattered_once_and_unpickled_once_per_worker(
+    client: Any, shape: str
+) -> None:
+    counting = CountingClient(client)
+    model = Model(2.0)
+    if shape == "items":
+        fn: Any = _from_item
+        items: list[Any] = [(x, {"model": model}) for x in range(12)]
+    else:
+        fn, items = functools.partial(_seen, model), list(range(12))
+    before = dict(client.run(worker_loads))
+    with DaskExecutor(client=counting) as ex:
+        first = _per_worker(ex.map(fn, items, chunksize=1))
+        second = _per_worker(ex.map(fn, items, chunksize=1))
+        assert counting.scatters == 1, "scattered again for the second map"
+        assert ex.metrics.fallbacks == 0
+        assert first == {pid: state for pid, state in second.items() if pid in first}
+        model.weight = 5.0  # changed in place: other bytes, sent again
+        assert [r[3] for r in ex.map(fn, items, chunksize=1)] == [5.0 * x for x in range(12)]
+        assert counting.scatters == 2
+    after = dict(client.run(worker_loads))
+    loaded = sum(after[w] - before[w] for w in after)
+    # one load per worker for the first content and at most one for the changed one; a copy
+    # per chunk would have loaded 36
+    assert 1 <= loaded <= 2 * CLUSTER_WORKERS
 
 
 def test_unpicklable_function_falls_back_and_is_recorded(client: Any) -> None:

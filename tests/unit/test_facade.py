@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from machines import fake_machine
 
 from ce_parallel import ParallelConfig, heuristics
 from ce_parallel.callers import EXTERNAL
@@ -22,7 +23,7 @@ from ce_parallel.errors import ConfigurationError
 from ce_parallel.facade import ParallelFacade, full_matrix_strategies
 from ce_parallel.gate import REASONS
 from ce_parallel.registry import conservative_strategies
-from ce_parallel.resources import CpuBudget, Resources
+from ce_parallel.resources import Resources
 from ce_parallel.strategies.serial import SerialExecutor
 from ce_parallel.strategies.threads import ThreadExecutor
 from ce_parallel.worker import ChunkJob, run_chunk
@@ -42,25 +43,7 @@ def enabled(strategy: Any, **changes: Any) -> ParallelConfig:
     return ParallelConfig(enabled=True, strategy=strategy, **changes)
 
 
-def machine(
-    cpus: int = 4,
-    *,
-    limited_by: str = "machine",
-    ci: bool = False,
-    spawn_cost_s: float = 0.01,
-    process_start_s: float = 0.2,
-    thread_start_s: float = 0.001,
-) -> Resources:
-    return Resources(
-        budget=CpuBudget(cpus, limited_by, {limited_by: cpus}),
-        ci=ci,
-        ci_provider="github" if ci else None,
-        platform="linux",
-        start_method="fork",
-        spawn_cost_s=spawn_cost_s,
-        process_start_s=process_start_s,
-        thread_start_s=thread_start_s,
-    )
+machine = fake_machine
 
 
 def facade(

@@ -12,26 +12,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from machines import fake_machine
 
 from ce_parallel import ParallelConfig, costing
 from ce_parallel.costs import MEMORY, Measurement
 from ce_parallel.facade import ParallelFacade
-from ce_parallel.resources import CpuBudget, Resources
+from ce_parallel.resources import Resources
 
 THREADS = ParallelConfig(enabled=True, strategy="threads")
 
 
 def machine(thread_start_s: float = 0.001) -> Resources:
-    return Resources(
-        budget=CpuBudget(4, "machine", {"machine": 4}),
-        ci=False,
-        ci_provider=None,
-        platform="linux",
-        start_method="fork",
-        spawn_cost_s=0.01,
-        process_start_s=0.2,
-        thread_start_s=thread_start_s,
-    )
+    return fake_machine(thread_start_s=thread_start_s)
 
 
 def make(config: ParallelConfig = THREADS, **kwargs: Any) -> ParallelFacade:

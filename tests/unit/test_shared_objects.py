@@ -1,4 +1,6 @@
-"""Objects many chunks share reach each ``processes`` worker once per pool, keyed by content.
+"""Objects many chunks share reach each process worker once per pool, keyed by content.
+
+Both ``processes`` and ``joblib`` are run through every worker-side test.
 
 A worker counts the shared objects it unpickles (``shared_objects.worker_loads``): with one
 object in every item, or bound into ``fn``, each worker unpickles it once however many chunks
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from machines import fake_machine
 
 from ce_parallel import ParallelConfig, ParallelExecutor, create_executor, shared_objects
 from ce_parallel.heuristics import SHARED_ARRAY_MIN_BYTES, SHARED_OBJECT_MIN_BYTES
@@ -69,9 +72,9 @@ def _mutating(item: tuple[int, Model]) -> int:
     return model.calls
 
 
-@pytest.fixture
-def executor() -> Iterator[ParallelExecutor]:
-    ex = create_executor(ParallelConfig(enabled=True, strategy="processes", max_workers=2))
+@pytest.fixture(params=["processes", "joblib"])
+def executor(request: pytest.FixtureRequest) -> Iterator[ParallelExecutor]:
+    ex = create_executor(ParallelConfig(enabled=True, strategy=request.param, max_workers=2))
     try:
         yield ex
     finally:
@@ -237,6 +240,38 @@ def test_object_files_of_a_killed_process_are_removed() -> None:
             proc.wait()
 
 
+def _weighed_sum(model: Model, array: Any) -> tuple[float, bool, bool, int, int]:
+    flags = array.flags
+    return (
+        model.weight * float(array.sum()),
+        flags.writeable,
+        flags.f_contiguous,
+        *_seen(model, 0.0)[:2],
+    )
+
+
+@pytest.mark.timeout(120)
+def test_joblib_still_memory_maps_the_large_arrays_of_chunks_that_share_objects() -> None:
+    executor = create_executor(ParallelConfig(enabled=True, strategy="joblib", max_workers=2))
+    try:
+        model = Model(2.0)
+        fn = functools.partial(_weighed_sum, model)
+        # 2 MiB each, above joblib's max_nbytes; Fortran order travels as it is
+        arrays = [np.asfortranarray(np.full((512, 512), float(i))) for i in range(4)]
+        for _ in range(2):
+            got = executor.map(fn, arrays, chunksize=1)
+            assert [g[0] for g in got] == [2.0 * float(a.sum()) for a in arrays]
+            assert all(not writeable and fortran for _, writeable, fortran, _, _ in got)
+            assert PARENT not in {g[3] for g in got}
+            assert {g[4] for g in got} == {1}, "the model was unpickled more than once a worker"
+            for array in arrays:
+                array += 1.0  # changed in place: the next map must see the new content
+        assert executor.metrics.fallbacks == 0
+    finally:
+        executor.shutdown()
+    assert object_files(PARENT) == []
+
+
 # -- what is shared ------------------------------------------------------------------------
 
 
@@ -284,9 +319,16 @@ def test_small_objects_and_objects_holding_large_arrays_stay_in_the_chunks() -> 
 
 
 @pytest.mark.timeout(120)
-def test_an_object_holding_a_large_array_still_gets_it_read_only(
-    executor: ParallelExecutor,
-) -> None:
+def test_an_object_holding_a_large_array_still_gets_it_read_only() -> None:
+    # (on processes: joblib memory-maps only arrays above its own max_nbytes)
+    executor = create_executor(ParallelConfig(enabled=True, strategy="processes", max_workers=2))
+    try:
+        _read_only_array_in_held_object(executor)
+    finally:
+        executor.shutdown()
+
+
+def _read_only_array_in_held_object(executor: ParallelExecutor) -> None:
     holder = Model(1.0, size=8)
     holder.array = np.full(2 * SHARED_ARRAY_MIN_BYTES // 8, 1.0)  # type: ignore[attr-defined]
 
@@ -353,15 +395,32 @@ def _cheap(item: tuple[int, Model]) -> int:
     return item[0]
 
 
-@pytest.mark.parametrize(("strategy", "shares"), [("processes", True), ("joblib", False)])
+def test_every_strategy_that_pickles_work_shares_objects() -> None:
+    from ce_parallel.registry import strategy_records
+
+    pickling = {n for n, r in strategy_records().items() if r.pickles_work}
+    assert pickling >= {"processes", "joblib", "dask"}
+    assert {n for n in pickling if strategy_records()[n].shares_objects} == pickling
+
+
+@pytest.mark.parametrize(
+    ("strategy", "shares"), [("processes", True), ("joblib", True), ("joblib", False)]
+)
 def test_the_facade_weighs_a_task_without_objects_its_strategy_sends_once(
-    strategy: str, shares: bool
+    strategy: str, shares: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ce_parallel import ParallelFacade
+    import dataclasses
+
+    from ce_parallel import ParallelFacade, facade
     from ce_parallel.costs import MEMORY, Measurement
     from ce_parallel.registry import strategy_records
 
-    assert strategy_records()[strategy].shares_objects is shares
+    records = dict(strategy_records())
+    if not shares:
+        # a strategy that pickles every task whole (a third-party one, say)
+        records[strategy] = dataclasses.replace(records[strategy], shares_objects=False)
+        monkeypatch.setattr(facade, "strategy_records", lambda: records)
+    assert records[strategy].shares_objects is shares
     model = Model(1.0, size=2 * 1024 * 1024)  # above PROCESS_MAX_TASK_BYTES whole
     items = [(i, model) for i in range(64)]
     MEMORY.remember_fn(
@@ -372,27 +431,16 @@ def test_the_facade_weighs_a_task_without_objects_its_strategy_sends_once(
             item_unshared_bytes=100,
         ),
     )
-    from ce_parallel.resources import CpuBudget, Resources
-
     # no CI here, whatever runs the tests: the CI rule comes before the payload rule
-    machine = Resources(
-        budget=CpuBudget(2, "machine", {"machine": 2}),
-        ci=False,
-        ci_provider=None,
-        platform="linux",
-        start_method="fork",
-        spawn_cost_s=0.01,
-        process_start_s=0.2,
-        thread_start_s=0.001,
-    )
-    facade = ParallelFacade(
+    machine = fake_machine(2)
+    front = ParallelFacade(
         ParallelConfig(enabled=True, strategy=strategy, full_matrix=True),
         environ={},
         resources=machine,
     )
     try:
-        facade.map(_cheap, items)
-        decision = facade.last_decision
+        front.map(_cheap, items)
+        decision = front.last_decision
         assert decision is not None
         if shares:
             assert decision.bytes_hint == 100
@@ -401,5 +449,5 @@ def test_the_facade_weighs_a_task_without_objects_its_strategy_sends_once(
             assert decision.bytes_hint == len(model.blob) + 100
             assert decision.reason == "payload_too_large"
     finally:
-        facade.close()
+        front.close()
         MEMORY.clear()

@@ -17,12 +17,14 @@ once per worker thread; nothing else touches the caller's process.
 Each chunk is one task submitted with ``pure=False``, so identical chunks are separate tasks that
 each run once. A bridge thread waits on ``distributed.as_completed`` (woken by each finished
 task, never polling on a timer) and completes one ``concurrent.futures.Future`` per chunk, so
-waiting, deadlines and cancellation work exactly as for the other strategies. A function whose
-pickle is large (a model, a table) is scattered to every worker once per map instead of
-travelling inside every task. Lost workers (``KilledWorker``), closed connections, work that
-cannot be serialized and unreachable schedulers are failures of the machinery, told apart by
-exception type and the stage they happened in: they reach the engine as ``WorkerCrashedError``,
-``SerializationError`` or ``BackendUnavailableError`` and fall back. dask is imported only when
+waiting, deadlines and cancellation work exactly as for the other strategies. The objects the
+chunks share (a model bound into ``fn``, an explainer in every item) and a function whose pickle
+is large are scattered to every worker once per content and kept across maps
+(``dask_objects``); the tasks carry references, and a worker unpickles each object once.
+Lost workers (``KilledWorker``), closed connections, work that cannot be serialized and
+unreachable schedulers are failures of the machinery, told apart by exception type and the
+stage they happened in: they reach the engine as ``WorkerCrashedError``, ``SerializationError``
+or ``BackendUnavailableError`` and fall back. dask is imported only when
 a pool starts, so ``import ce_parallel`` never loads it.
 """
 
@@ -31,10 +33,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import itertools
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from itertools import chain, islice
 from typing import Any
 
 from ..config import ParallelConfig
@@ -44,8 +46,10 @@ from ..errors import (
     SerializationError,
 )
 from ..resources import Resources, numeric_thread_env, threads_per_worker
+from ..shared_objects import SCAN_ITEMS, dumps_referencing, find_shared, loads_with
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, gc_paused, run_chunk
 from .dask_bridge import Bridge, machinery_error, settle
+from .dask_objects import ScatteredObjects, digest_of
 
 #: A function whose cloudpickle is at least this many bytes is scattered to every worker once
 #: per map instead of being pickled into every chunk task. Below it, the copy per task costs
@@ -67,20 +71,18 @@ def _missing_fn(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("this chunk's function travels separately (as bytes) and was not given")
 
 
-#: Functions a worker loaded for the maps it is running, by map key (the last few only).
+#: Functions a worker loaded, by executor and content (the last few only).
 _loaded_fns: collections.OrderedDict[str, Callable[..., Any]] = collections.OrderedDict()
 _loaded_lock = threading.Lock()
 _LOADED_KEEP = 4
 
 
-def _load_fn(key: str, payload: bytes) -> Callable[..., Any]:
-    """The map's function, unpickled once per worker process and map."""
-    import cloudpickle
-
+def _load_fn(key: str, payload: bytes, objects: dict[str, bytes]) -> Callable[..., Any]:
+    """The map's function, unpickled once per worker process and content."""
     with _loaded_lock:
         fn = _loaded_fns.get(key)
     if fn is None:
-        fn = cloudpickle.loads(payload)
+        fn = loads_with(payload, objects)
         with _loaded_lock:
             _loaded_fns[key] = fn
             while len(_loaded_fns) > _LOADED_KEEP:
@@ -88,7 +90,9 @@ def _load_fn(key: str, payload: bytes) -> Callable[..., Any]:
     return fn
 
 
-def run_pickled_chunk(payload: bytes, key: str, packed_job: bytes) -> ChunkOutcome:
+def run_pickled_chunk(
+    payload: bytes, key: str, packed_job: bytes, objects: dict[str, bytes] | None = None
+) -> ChunkOutcome:
     """A chunk task whose job and function travel as cloudpickle bytes.
 
     Dask pickles a task's arguments with the standard pickler first, which sends functions and
@@ -96,14 +100,15 @@ def run_pickled_chunk(payload: bytes, key: str, packed_job: bytes) -> ChunkOutco
     function from a module that the scheduler (which loads every task) or a worker on another
     node cannot import would fail there. Pickled with cloudpickle in the caller, the work
     travels exactly as the process strategy sends it. ``payload`` (the function, given or
-    scattered) is loaded once per worker and map. A loading failure raises: the task fails
-    outside the user's code, a failure of the machinery.
+    scattered) is loaded once per worker and content (``key``); the objects the chunks share
+    travel as references to the pickles in ``objects`` (scattered, by digest), each unpickled
+    once per worker. A loading failure raises: the task fails outside the user's code, a
+    failure of the machinery.
     """
-    import cloudpickle
-
+    shared = objects or {}
     with gc_paused():
-        job: ChunkJob = cloudpickle.loads(packed_job)
-    return run_dask_chunk(dataclasses.replace(job, fn=_load_fn(key, payload)))
+        job: ChunkJob = loads_with(packed_job, shared)
+    return run_dask_chunk(dataclasses.replace(job, fn=_load_fn(key, payload, shared)))
 
 
 def _prepare_worker(setup: WorkerSetup) -> None:
@@ -207,8 +212,8 @@ class DaskExecutor(PooledExecutor):
         # one bridge per map in flight: maps from several threads run side by side
         self._bridges: set[Bridge] = set()
         self._bridges_lock = threading.Lock()
-        self._map_keys = itertools.count()
         self._plugin: str | None = None  # name of the set-up plugin registered on the cluster
+        self._scattered = ScatteredObjects()  # pickles kept on every worker, by content
 
     @property
     def client(self) -> Any:
@@ -318,35 +323,41 @@ class DaskExecutor(PooledExecutor):
         return setup
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        import cloudpickle
-
         client = self._client
+        scattered = self._scattered
         assert client is not None
         fn = jobs[0].fn
-        try:
-            payload = cloudpickle.dumps(fn)
-        except Exception as exc:
-            # every task would carry it: nothing can be submitted
-            raise SerializationError(
-                f"the function cannot be pickled for the dask workers: {type(exc).__name__}: {exc}"
-            ) from exc
-        key = f"{self._token}-{next(self._map_keys)}"
-        shared: Any = None
         submitted: list[Any] = []
         try:
+            # (every chunk of a map is submitted in one call)
+            items = list(islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS))
+            refs, objects = scattered.share(client, find_shared(fn, items))
+            try:
+                payload, _ = dumps_referencing(fn, refs, out_of_band=False)
+            except Exception as exc:
+                # every task would carry it: nothing can be submitted
+                raise SerializationError(
+                    "the function cannot be pickled for the dask workers: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            key = f"{self._token}-{digest_of(payload)}"
+            fn_arg: Any = payload
             if len(jobs) > 1 and len(payload) >= SCATTER_MIN_BYTES:
-                shared = client.scatter(payload, broadcast=True, hash=False)
-            fn_arg = payload if shared is None else shared
+                fn_arg = scattered.scatter(client, payload)[1]
             for job in jobs:
                 try:
                     with gc_paused():
-                        packed = cloudpickle.dumps(dataclasses.replace(job, fn=_missing_fn))
+                        packed, _ = dumps_referencing(
+                            dataclasses.replace(job, fn=_missing_fn), refs, out_of_band=False
+                        )
                 except Exception as exc:
                     raise SerializationError(
                         f"items {job.start}..{job.start + len(job.items) - 1} cannot be pickled "
                         f"for the dask workers: {type(exc).__name__}: {exc}"
                     ) from exc
-                submitted.append(client.submit(run_pickled_chunk, fn_arg, key, packed, pure=False))
+                submitted.append(
+                    client.submit(run_pickled_chunk, fn_arg, key, packed, objects, pure=False)
+                )
         except BaseException as exc:
             # what was already submitted must not keep running while everything falls back
             client.cancel(submitted)
@@ -359,7 +370,10 @@ class DaskExecutor(PooledExecutor):
             # that on a user error the earlier chunks are awaited and only later ones cancelled.
             fut.set_running_or_notify_cancel()
         bridge = Bridge(
-            client.loop, list(zip(submitted, futures, strict=True)), shared, self._forget_bridge
+            client.loop,
+            list(zip(submitted, futures, strict=True)),
+            (fn_arg, objects),
+            self._forget_bridge,
         )
         with self._bridges_lock:
             self._bridges.add(bridge)
@@ -404,6 +418,7 @@ class DaskExecutor(PooledExecutor):
             cluster, self._cluster = self._cluster, None
             owns, self._owns_client = self._owns_client, False
             plugin, self._plugin = self._plugin, None
+            self._scattered.clear()
         if plugin is not None and client is not None and cluster is None:
             # a cluster that outlives us must not give our set-up to the workers it starts
             with contextlib.suppress(Exception):

@@ -11,6 +11,11 @@ are when the map pickles them, and releases that folder when its last chunk is d
 reducer remembers arrays by identity only, so a folder kept across maps would hand the workers
 an array's old content after the caller changed it in place.
 
+Objects the chunks share (``shared_objects.find_shared``) are placed once per content in the
+pool's ``ObjectStore``, as for ``processes``. Such a map's chunks are pickled here with those
+objects as references and their large arrays out of band; loky's pickler then sends the arrays
+through joblib's reducers, so they are memory-mapped into the map's folder as before.
+
 The workers belong to joblib's process-wide reusable loky executor: ``shutdown()`` shuts that
 executor down, which also ends the workers of other joblib users in the process.
 """
@@ -21,12 +26,22 @@ import contextlib
 import functools
 import logging
 from concurrent.futures import Future
+from itertools import chain, islice
 from typing import Any
 
 from .. import telemetry
 from .._loky import joblib_start_context
 from ..engine import PooledExecutor
 from ..executor import MapCall
+from ..shared_arrays import sharing_possible
+from ..shared_objects import (
+    SCAN_ITEMS,
+    ObjectStore,
+    Reference,
+    dump_object,
+    find_shared,
+    release_when_done,
+)
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 from .joblib_folders import (
     InMapFolder,
@@ -75,6 +90,7 @@ class JoblibExecutor(PooledExecutor):
     _parallel: Any = None
     _thread_executor: PooledExecutor | None = None
     _retired: RetiredFolders | None = None
+    _store: ObjectStore | None = None
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """As every pooled strategy, unless an active ``joblib.parallel_config`` says otherwise.
@@ -154,6 +170,7 @@ class JoblibExecutor(PooledExecutor):
                         adopt_finalizer(manager, context_id)
                 self._parallel = parallel
                 self._retired = RetiredFolders()
+                self._store = ObjectStore() if sharing_possible() else None
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         backend = self._parallel._backend
@@ -167,9 +184,26 @@ class JoblibExecutor(PooledExecutor):
             return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
         retired.sweep()
         folder = retired.folder_for_map(manager)
-        futures = [backend.submit(InMapFolder(job, folder)) for job in jobs]
-        folder.release_when_done(futures, retired)
+        refs = self._share_objects(jobs)
+        futures: list[Future[ChunkOutcome]] = []
+        try:
+            for job in jobs:
+                futures.append(backend.submit(InMapFolder(job, folder, refs)))
+        finally:
+            folder.release_when_done(futures, retired)
+            if refs and self._store is not None:
+                release_when_done(self._store, list(refs.values()), futures)
         return futures
+
+    def _share_objects(self, jobs: list[ChunkJob]) -> dict[int, Reference]:
+        """References to the objects the map's chunks share, placed in the pool's store."""
+        store = self._store
+        if store is None or not jobs:
+            return {}
+        # (every chunk of a map is submitted in one call)
+        items = list(islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS))
+        candidates = find_shared(jobs[0].fn, items)
+        return store.share(candidates, dump_object) if candidates else {}
 
     def release_pool(self, kill: bool) -> None:
         with self._pool_lock:
@@ -202,6 +236,11 @@ class JoblibExecutor(PooledExecutor):
             remove_folders(retired.take(), kill)
         if manager is not None:
             remove_empty_folders(manager)
+        with self._pool_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            # after the workers: a chunk still running may yet read its objects
+            store.release()
 
 
 def _completed(outcome: ChunkOutcome) -> Future[ChunkOutcome]:

@@ -22,6 +22,8 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
+from ..shared_arrays import run_shared_chunk
+from ..shared_objects import Reference, dumps_referencing
 from ..worker import ChunkJob, ChunkOutcome, run_chunk
 
 logger = logging.getLogger("ce_parallel.joblib")
@@ -35,18 +37,26 @@ class InMapFolder:
     pickled, is what ``joblib.Parallel`` does with its batches too.
     """
 
-    __slots__ = ("folder", "job")
+    __slots__ = ("folder", "job", "refs")
 
-    def __init__(self, job: ChunkJob, folder: MapFolder) -> None:
+    def __init__(
+        self, job: ChunkJob, folder: MapFolder, refs: dict[int, Reference] | None = None
+    ) -> None:
         self.job = job
         self.folder = folder
+        self.refs = refs
 
     def __call__(self) -> ChunkOutcome:
         return run_chunk(self.job)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         self.folder.manager.set_current_context(self.folder.context_id)
-        return functools.partial, (run_chunk, self.job)
+        if not self.refs:
+            return functools.partial, (run_chunk, self.job)
+        # shared objects by reference (``shared_objects``); the large arrays come out as
+        # buffers that loky's pickler, joblib's reducers in place, memory-maps as it would
+        payload, buffers = dumps_referencing(self.job, self.refs)
+        return functools.partial, (run_shared_chunk, self.job.start, payload, buffers)
 
 
 class MapFolder:
