@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
 from typing import Any
 
@@ -42,6 +42,18 @@ from .worker import ChunkJob, ChunkOutcome, WorkerSetup
 #: How often (seconds) a waiting ``map`` wakes to check its deadline and cancel flag; this
 #: bounds how late a timeout, ``cancel()`` or ``shutdown(cancel=True)`` is noticed.
 POLL_INTERVAL_S = 0.05
+
+_last_map = threading.local()
+
+
+def caller_items_of_last_map() -> int:
+    """How many items the caller ran itself (a pool warming up) in this thread's last map."""
+    return getattr(_last_map, "caller_items", 0)
+
+
+def clear_last_map() -> None:
+    """Forget this thread's last map (before a run whose count is read afterwards)."""
+    _last_map.caller_items = 0
 
 
 class PooledExecutor(ParallelExecutor):
@@ -76,6 +88,22 @@ class PooledExecutor(ParallelExecutor):
     @abstractmethod
     def release_pool(self, kill: bool) -> None:
         """Release the pool and every worker it started (idempotent); ``kill`` does not wait."""
+
+    def warm_up(
+        self, call: MapCall, work: list[Any], setup: WorkerSetup
+    ) -> Callable[[], bool] | None:
+        """Start readying the workers for this map (loading what it shares), or None.
+
+        Returns a check that is true once they are ready. Until then the caller runs the map's
+        first items itself (``_help_while_warming``, see ``warmup``) and the pool gets the rest
+        afterwards.
+        """
+        return None
+
+    def wait_until_warm(self, timeout: float | None = None) -> bool:
+        """Block until the warm-up tasks sent so far have ended (see ``warm_up``); True once
+        they have, False on timeout. For measurements that must start on a warm pool."""
+        return True
 
     def plan_chunks(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
         """Cut ``n`` items into ``(start, stop)`` ranges for ``self.workers`` workers.
@@ -114,6 +142,7 @@ class PooledExecutor(ParallelExecutor):
         started = time.perf_counter()
         chunks: list[tuple[int, int]] = []
         fallbacks = 0
+        caller_items = 0
         error: BaseException | None = None
         busy = 0.0
         stop = threading.Event()
@@ -131,24 +160,36 @@ class PooledExecutor(ParallelExecutor):
                 done = self._start_failed(start_error, call, work, seeds)
                 self.metrics.add(tasks_submitted=len(work), tasks_completed=len(done), maps=1)
                 return done
-            chunks = self.plan_chunks(len(work), call.chunksize)
-            self.metrics.add(tasks_submitted=len(work), chunks=len(chunks), maps=1)
-            outcomes: list[list[Any] | None] = [None] * len(chunks)
-            failures: dict[int, BaseException]
+            self.metrics.add(tasks_submitted=len(work), maps=1)
+            setup = self.worker_setup()
+            helped = self._help_while_warming(call, work, seeds, setup)
+            caller_items = len(helped)
+            head = [(0, caller_items)] if caller_items else []
+            chunks = head + [
+                (a + caller_items, b + caller_items)
+                for a, b in self.plan_chunks(len(work) - caller_items, call.chunksize)
+            ]
+            self.metrics.add(chunks=len(chunks))
+            outcomes: list[list[Any] | None] = [helped] if head else []
+            outcomes += [None] * (len(chunks) - len(head))
+            sent = chunks[len(head) :]
+            failures: dict[int, BaseException] = {}
             try:
-                setup = self.worker_setup()
-                jobs = [self._job(call, work, seeds, a, b, setup, stop) for a, b in chunks]
-                futures = self.submit_chunks(jobs)
+                jobs = [self._job(call, work, seeds, a, b, setup, stop) for a, b in sent]
+                futures = self.submit_chunks(jobs) if jobs else []
             except Exception as exc:
                 # the pool refused the work: nothing ran, all is unfinished
-                failures = {i: exc for i in range(len(chunks))}
+                failures = {i: exc for i in range(len(head), len(chunks))}
             else:
+                rest = outcomes[len(head) :]
                 try:
-                    busy, failures = self._collect(futures, chunks, outcomes, call)
+                    busy, lost = self._collect(futures, sent, rest, call)
                 finally:
                     # every chunk this map still needs has finished: thread workers busy with
                     # a chunk it dropped (after an error, timeout, cancel) take no new item
                     stop.set()
+                    outcomes[len(head) :] = rest
+                failures = {i + len(head): exc for i, exc in lost.items()}
             if failures:
                 fallbacks = 1
                 self._fall_back(call, work, seeds, chunks, outcomes, failures)
@@ -157,6 +198,7 @@ class PooledExecutor(ParallelExecutor):
             raise
         finally:
             wall = time.perf_counter() - started
+            _last_map.caller_items = caller_items
             self.metrics.add(total_duration=wall, busy_time=busy)
             self._emit(
                 "run",
@@ -169,6 +211,7 @@ class PooledExecutor(ParallelExecutor):
                     busy_time_s=busy,
                     fallbacks=fallbacks,
                     error=error,
+                    caller_items=caller_items,
                 ),
             )
         results: list[Any] = []
@@ -183,6 +226,25 @@ class PooledExecutor(ParallelExecutor):
             results.extend(part)
         self.metrics.add(tasks_completed=len(results))
         return results
+
+    def _help_while_warming(
+        self, call: MapCall, work: list[Any], seeds: list[Any] | None, setup: WorkerSetup
+    ) -> list[Any]:
+        """Run the map's first items here while the workers warm up; their results, in order.
+
+        Nothing is sent to the pool until its warm-up tasks are done, so no item runs twice;
+        the loop stops between blocks of about ``SERIAL_BLOCK_TARGET_S`` once they are. A
+        warm-up that fails is done too: the chunks then meet the same failure and fall back.
+        """
+        if len(work) < 2:
+            return []
+        try:
+            ready = self.warm_up(call, work, setup)
+        except Exception:
+            return []
+        if ready is None or ready():
+            return []
+        return self.run_serially(call, work, seeds, until=ready)
 
     def _job(
         self,
@@ -360,4 +422,4 @@ class PooledExecutor(ParallelExecutor):
             )
 
 
-__all__ = ["POLL_INTERVAL_S", "PooledExecutor"]
+__all__ = ["POLL_INTERVAL_S", "PooledExecutor", "caller_items_of_last_map", "clear_last_map"]

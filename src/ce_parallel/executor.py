@@ -259,6 +259,7 @@ class ParallelExecutor(ABC):
         *,
         offset: int = 0,
         per_item_s: float | None = None,
+        until: Callable[[], bool] | None = None,
     ) -> list[Any]:
         """The serial loop (``serial_loop.run_serially``) under this executor's name and metrics."""
         return run_serially(
@@ -269,6 +270,7 @@ class ParallelExecutor(ABC):
             metrics=self.metrics,
             offset=offset,
             per_item_s=per_item_s,
+            until=until,
         )
 
     def cancel(self) -> None:

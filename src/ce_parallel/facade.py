@@ -38,6 +38,7 @@ from .callers import (
 from .checks import check_int, rejected
 from .config import ENV_FULL, ParallelConfig, operator_switch
 from .decision import FullMatrixWarning, ParallelDecision
+from .engine import caller_items_of_last_map, clear_last_map
 from .executor import shift_item_index, spawn_seeds
 from .gate import Ground, Question, decide
 from .metrics import ParallelMetrics
@@ -358,6 +359,7 @@ class ParallelFacade:
         rest = work[done:] if done else work
         rest_seeds = seeds[done:] if seeds is not None and done else seeds
         started = time.perf_counter()
+        clear_last_map()
         try:
             if recorded:
                 # every record the run emits, on whichever executor, names this decision
@@ -391,9 +393,14 @@ class ParallelFacade:
         if cost is None and items and decision.reason in _MEASURING_REASONS:
             # the serial run measured what the items cost: the next map of fn decides on it
             costing.learn(fn, wall / items, items)
-        elif cost is not None and not (decision.use_parallel and decision.start_cost_s > 0):
+        elif (
+            cost is not None
+            and not (decision.use_parallel and decision.start_cost_s > 0)
+            and not caller_items_of_last_map()
+        ):
             # a run checks the measurement it was predicted from; the first run of a cold pool
-            # is not typical of the pool (its start-up is measured on its own instead)
+            # is not typical of the pool (its start-up is measured on its own instead), nor is
+            # one whose caller ran items while the workers warmed up
             predicted = (
                 decision.estimated_parallel_s
                 if decision.use_parallel

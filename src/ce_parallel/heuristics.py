@@ -99,6 +99,9 @@ SMALL_ARRAY_PICKLE_BYTES = 64 * 1024
 #: Smallest pickled object, in bytes, that the process strategy sends once per worker
 #: (``shared_objects``) instead of pickling it into every chunk that holds it.
 SHARED_OBJECT_MIN_BYTES = 64 * 1024
+#: CPUs of the budget that a pool's warm-up tasks leave to the caller, which runs the map's
+#: first items meanwhile (``warmup``).
+WARMUP_CALLER_CPUS = 1
 #: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
 JOBLIB_CALL_OVERHEAD_S = 0.0005
 #: Whether process workers are sized by physical cores instead of logical CPUs.
@@ -345,6 +348,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "python evaluation/data_movement.py (evaluation/results/data_movement.md), 16 one-item "
         "chunks on 2 workers, pickled per chunk / shared: 4 KiB 0.85, 16 KiB 1.18, 64 KiB 1.51, "
         "256 KiB 2.34, 1 MiB 3.40, 4 MiB 10.22",
+    ),
+    Heuristic(
+        "WARMUP_CALLER_CPUS",
+        WARMUP_CALLER_CPUS,
+        "While a pool's workers load a map's shared objects (imports included), the caller runs "
+        "the map's items. Warm-ups on every CPU slow the caller's items as much as they add "
+        "workers; leaving it one CPU keeps its items at serial speed, and the chained warm-ups "
+        "still reach every worker.",
+        "python evaluation/ce_compat_bench.py --data synthetic --rows 200 --rounds 1 "
+        "--warmup-caller-cpus 0 / 1 (evaluation/results/ce_compat.md, cold calls)",
     ),
     Heuristic(
         "JOBLIB_CALL_OVERHEAD_S",

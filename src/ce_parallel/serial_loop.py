@@ -7,7 +7,7 @@ while cancellation and the deadline are still checked between blocks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import length_hint
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any
@@ -47,13 +47,15 @@ def run_serially(
     metrics: ParallelMetrics,
     offset: int = 0,
     per_item_s: float | None = None,
+    until: Callable[[], bool] | None = None,
 ) -> list[Any]:
     """``[call.fn(x) for x in work]`` in this thread, checking cancel and deadline between blocks.
 
     The first block is one item, or sized from ``per_item_s`` (or ``call.per_item_s``) when the
     cost of an item is already known. A user exception propagates with the failing item's
     index (counted from ``offset``) attached; ``StopIteration`` raised by ``fn`` is an error
-    like any other.
+    like any other. ``until``, checked before every block, ends the loop early once it returns
+    true: the results of the items run so far, a prefix of ``work``, are returned.
     """
     from .executor import annotate_item_error
 
@@ -63,6 +65,8 @@ def run_serially(
     per_item_s = per_item_s or call.per_item_s
     block = 1 if not per_item_s else max(1, int(SERIAL_BLOCK_TARGET_S / per_item_s))
     while pos < n:
+        if until is not None and until():
+            break
         check_call(call, strategy, metrics, offset + pos)
         size = min(block, n - pos)
         if size == n - pos and isinstance(work, list):

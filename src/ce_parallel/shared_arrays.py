@@ -30,6 +30,7 @@ worker does not keep a released segment's memory. numpy is imported only when an
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import mmap
 import os
@@ -117,6 +118,7 @@ class MapSegments:
         self._store: Any = None
         self._refs: dict[int, tuple[str, str, str]] = {}
         self._shared: list[Any] = []
+        self._fresh: list[Any] = []
         self._objects_prepared = False
 
     @property
@@ -139,13 +141,27 @@ class MapSegments:
         candidates = find_shared(fn, items)
         if not candidates:
             return
-        refs = store.share(candidates, dump_object)
+        fresh: set[str] = set()
+        refs = store.share(candidates, dump_object, fresh)
         with self._lock:
             if self._released:
                 store.done(refs.values())
                 return
             self._store, self._refs = store, refs
             self._shared = [obj for obj in candidates if id(obj) in refs]
+            self._fresh = [obj for obj in self._shared if refs[id(obj)][1] in fresh]
+
+    def warm_up_job(self, setup: Any) -> Any:
+        """A chunk of no items whose unpickling loads the objects this map placed first in the
+        pool's store (no worker has them yet), or None when there are none."""
+        from .shared_objects import touch
+        from .worker import ChunkJob
+
+        with self._lock:
+            fresh = list(self._fresh)
+        if not fresh:
+            return None
+        return ChunkJob(fn=functools.partial(touch, *fresh), start=0, items=[], setup=setup)
 
     @property
     def shared_objects(self) -> int:
@@ -235,7 +251,7 @@ class MapSegments:
             paths, self._paths = self._paths, []
             self._by_id.clear()
             store, refs = self._store, list(self._refs.values())
-            self._store, self._shared = None, []
+            self._store, self._shared, self._fresh = None, [], []
         for path in paths:
             _remove(path)
         if store is not None:

@@ -192,12 +192,18 @@ class ObjectStore:
         self._bytes = 0
         self._closed = False
 
-    def share(self, objects: Iterable[Any], dumps: Callable[[Any], bytes]) -> dict[int, Reference]:
+    def share(
+        self,
+        objects: Iterable[Any],
+        dumps: Callable[[Any], bytes],
+        fresh: set[str] | None = None,
+    ) -> dict[int, Reference]:
         """Place the objects worth it; ``id(object) -> reference`` for each one placed.
 
         ``dumps`` pickles an object as a chunk would (large arrays inline: a file outlives the
         map whose segments an array would otherwise name). An object that fails to pickle, or
-        is below ``SHARED_OBJECT_MIN_BYTES``, is left to the chunks' own pickling.
+        is below ``SHARED_OBJECT_MIN_BYTES``, is left to the chunks' own pickling. ``fresh``
+        receives the digests placed by this call: objects no worker of the pool has loaded.
         """
         refs: dict[int, Reference] = {}
         for obj in objects:
@@ -208,12 +214,12 @@ class ObjectStore:
             if len(blob) < heuristics.SHARED_OBJECT_MIN_BYTES:
                 continue
             digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
-            name = self._pin(digest, blob)
+            name = self._pin(digest, blob, fresh)
             if name is not None:
                 refs[id(obj)] = (REFERENCE_TAG, digest, name)
         return refs
 
-    def _pin(self, digest: str, blob: bytes) -> str | None:
+    def _pin(self, digest: str, blob: bytes, fresh: set[str] | None = None) -> str | None:
         with self._lock:
             if self._closed:
                 return None
@@ -225,6 +231,8 @@ class ObjectStore:
         name = _write(blob)
         if name is None:
             return None
+        if fresh is not None:
+            fresh.add(digest)
         with self._lock:
             if self._closed:
                 _remove(os.path.join(SHM_DIR, name))
@@ -377,6 +385,10 @@ def _fast_array_cloudpickler() -> type:
     return _cloudpickler
 
 
+def touch(*objects: Any) -> None:
+    """The warm-up task's function: its arguments, shared objects, are loaded on unpickling."""
+
+
 def object_files(pid: int | None = None) -> list[str]:
     """Paths of the object files created by process ``pid`` (any process when None)."""
     return files_named(OBJECT_PREFIX, pid)
@@ -506,5 +518,6 @@ __all__ = [
     "loads_with",
     "object_files",
     "release_when_done",
+    "touch",
     "worker_loads",
 ]

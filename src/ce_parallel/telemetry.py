@@ -186,11 +186,13 @@ def run_record(
     fallbacks: int = 0,
     error: BaseException | None = None,
     serial: bool = False,
+    caller_items: int = 0,
 ) -> dict[str, Any]:
     """The payload of a ``run`` record: one map, finished or failed.
 
     ``serial`` says whether the map ran serially (the facade decided so), as opposed to on a
-    pool (where fallbacks may still have re-run some of it serially).
+    pool (where fallbacks may still have re-run some of it serially). ``caller_items``: the
+    first items, run by the caller while the pool's workers warmed up.
 
     ``utilisation_pct`` is busy time / (workers x wall time), capped at 100 (None when the
     busy time is unknown, as on a caller's own executor); ``error`` is the class name of the
@@ -212,6 +214,7 @@ def run_record(
         "fallbacks": fallbacks,
         "error": None if error is None else type(error).__name__,
         "serial": serial,
+        "caller_items": caller_items,
     }
 
 

@@ -97,17 +97,25 @@ def _once_per_worker(seen: list[tuple[int, int, int, float]]) -> dict[int, int]:
     return {pid: next(iter(states))[0] for pid, states in by_pid.items()}
 
 
+def _warmed(executor: Any, fn: Any, items: list[Any], expected: list[float]) -> None:
+    """Run a pool's first map of these objects (the caller may run some of it while the
+    workers warm up) and wait until every worker has loaded them."""
+    assert [r[3] for r in executor.map(fn, items, chunksize=1)] == expected
+    assert executor.wait_until_warm(60)
+
+
 @pytest.mark.timeout(120)
 def test_an_object_in_every_item_is_unpickled_once_per_worker_across_maps(
     executor: ParallelExecutor,
 ) -> None:
     model = Model(2.0)
-    first = executor.map(_from_item, _items(model), chunksize=1)
-    assert [r[3] for r in first] == [2.0 * x for x in range(12)]
-    assert set(_once_per_worker(first).values()) == {1}  # a fresh pool: the first load
-    second = executor.map(_from_item, _items(model), chunksize=1)
-    assert [r[3] for r in second] == [2.0 * x for x in range(12)]
-    assert set(_once_per_worker(second).values()) == {1}, "a warm worker unpickled it again"
+    expected = [2.0 * x for x in range(12)]
+    _warmed(executor, _from_item, _items(model), expected)
+    for _ in range(2):
+        seen = executor.map(_from_item, _items(model), chunksize=1)
+        assert [r[3] for r in seen] == expected
+        # loaded once by the warm-up, never again
+        assert set(_once_per_worker(seen).values()) == {1}, "a warm worker unpickled it again"
     assert executor.metrics.fallbacks == 0
     assert len(object_files(PARENT)) == 1
 
@@ -127,9 +135,11 @@ def test_an_object_bound_into_fn_is_unpickled_once_per_worker(
         def fn(x: float) -> tuple[int, int, int, float]:
             return _seen(model, x)
 
+    expected = [3.0 * x for x in range(10)]
+    _warmed(executor, fn, list(range(10)), expected)
     for _ in range(2):
         seen = executor.map(fn, list(range(10)), chunksize=1)
-        assert [r[3] for r in seen] == [3.0 * x for x in range(10)]
+        assert [r[3] for r in seen] == expected
         assert set(_once_per_worker(seen).values()) == {1}
     assert executor.metrics.fallbacks == 0
 
@@ -154,6 +164,9 @@ def test_a_worker_keeps_what_its_items_changed_in_the_shared_object(
     # as in the serial loop, where every item sees the one object, counts only go up on a
     # worker; a fresh copy per chunk would restart them at 1 for every chunk
     model = Model(1.0)
+    _warmed(
+        executor, _from_item, [(x, {"model": model}) for x in range(8)], [*map(float, range(8))]
+    )
     got = executor.map(_mutating, [(x, model) for x in range(8)], chunksize=1)
     assert sorted(got) != [1] * 8
     assert model.calls == 0  # the caller's object is not the workers'
@@ -168,6 +181,8 @@ def test_the_store_keeps_a_bounded_number_of_files(
         model = Model(float(weight))
         got = executor.map(_from_item, _items(model, 4), chunksize=1)
         assert [r[3] for r in got] == [float(weight) * x for x in range(4)]
+        # (a running warm-up keeps the files it loads)
+        assert executor.wait_until_warm(60)
         assert len(object_files(PARENT)) <= 2
     executor.shutdown()
     assert object_files(PARENT) == []
@@ -185,9 +200,12 @@ def test_a_killed_worker_falls_back_and_the_next_pool_shares_again(
     executor: ParallelExecutor,
 ) -> None:
     model = Model(2.0)
+    expected = [2.0 * x for x in range(12)]
+    _warmed(executor, _from_item, _items(model), expected)
     got = executor.map(functools.partial(_crash_once, PARENT), _items(model, 6), chunksize=1)
     assert got == [2.0 * x for x in range(6)]
     assert executor.metrics.fallbacks == 1
+    _warmed(executor, _from_item, _items(model), expected)  # the fresh pool
     seen = executor.map(_from_item, _items(model), chunksize=1)
     assert [r[3] for r in seen] == [2.0 * x for x in range(12)]
     assert set(_once_per_worker(seen).values()) == {1}  # the fresh pool's workers
@@ -258,6 +276,8 @@ def test_joblib_still_memory_maps_the_large_arrays_of_chunks_that_share_objects(
         fn = functools.partial(_weighed_sum, model)
         # 2 MiB each, above joblib's max_nbytes; Fortran order travels as it is
         arrays = [np.asfortranarray(np.full((512, 512), float(i))) for i in range(4)]
+        executor.map(fn, arrays[:2], chunksize=1)  # the caller may run it: the pool warms up
+        assert executor.wait_until_warm(60)  # type: ignore[attr-defined]
         for _ in range(2):
             got = executor.map(fn, arrays, chunksize=1)
             assert [g[0] for g in got] == [2.0 * float(a.sum()) for a in arrays]

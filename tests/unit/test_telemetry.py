@@ -166,6 +166,7 @@ def test_run_record_computes_utilisation_and_names_the_error() -> None:
         "fallbacks",
         "error",
         "serial",
+        "caller_items",
     }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from itertools import chain, islice
 from typing import Any
@@ -33,16 +34,19 @@ from .. import telemetry
 from .._loky import joblib_start_context
 from ..engine import PooledExecutor
 from ..executor import MapCall
-from ..shared_arrays import sharing_possible
+from ..shared_arrays import run_shared_chunk, sharing_possible
 from ..shared_objects import (
     SCAN_ITEMS,
     ObjectStore,
     Reference,
     dump_object,
+    dumps_referencing,
     find_shared,
     release_when_done,
+    touch,
 )
-from ..worker import ChunkJob, ChunkOutcome, run_chunk
+from ..warmup import PoolWarmUps, WarmUps, warm_ups_at_once
+from ..worker import ChunkJob, ChunkOutcome, WorkerSetup, run_chunk
 from .joblib_folders import (
     InMapFolder,
     RetiredFolders,
@@ -91,6 +95,7 @@ class JoblibExecutor(PooledExecutor):
     _thread_executor: PooledExecutor | None = None
     _retired: RetiredFolders | None = None
     _store: ObjectStore | None = None
+    _warming: PoolWarmUps | None = None
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """As every pooled strategy, unless an active ``joblib.parallel_config`` says otherwise.
@@ -171,6 +176,12 @@ class JoblibExecutor(PooledExecutor):
                 self._parallel = parallel
                 self._retired = RetiredFolders()
                 self._store = ObjectStore() if sharing_possible() else None
+                self._warming = PoolWarmUps()
+
+    def wait_until_warm(self, timeout: float | None = None) -> bool:
+        """Block until the warm-up tasks sent so far have ended; True once they have."""
+        warming = getattr(self, "_warming", None)
+        return True if warming is None else warming.wait(timeout)
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         backend = self._parallel._backend
@@ -194,6 +205,43 @@ class JoblibExecutor(PooledExecutor):
             if refs and self._store is not None:
                 release_when_done(self._store, list(refs.values()), futures)
         return futures
+
+    def warm_up(
+        self, call: MapCall, work: list[Any], setup: WorkerSetup
+    ) -> Callable[[], bool] | None:
+        """Warm-up tasks (``warmup``) for the map's shared objects that no worker has yet;
+        with those of earlier maps still running, whether all are done."""
+        store, warming = self._store, self._warming
+        backend: Any = getattr(self._parallel, "_backend", None)
+        if store is None or warming is None or getattr(backend, "_workers", None) is None:
+            return None
+        candidates = find_shared(call.fn, work[:SCAN_ITEMS])
+        fresh: set[str] = set()
+        refs = store.share(candidates, dump_object, fresh) if candidates else {}
+        new = [obj for obj in candidates if id(obj) in refs and refs[id(obj)][1] in fresh]
+        payload = None
+        if new:
+            job = ChunkJob(fn=functools.partial(touch, *new), start=0, items=[], setup=setup)
+            with contextlib.suppress(Exception):  # the chunks' own pickling reports it
+                payload, buffers = dumps_referencing(job, refs)
+        pinned = list(refs.values())
+        if payload is None:
+            store.done(pinned)
+            return warming.check()
+
+        def submit() -> Future[ChunkOutcome]:
+            return backend.submit(functools.partial(run_shared_chunk, 0, payload, buffers))
+
+        # the objects' files stay pinned until the last warm-up has ended
+        warming.add(
+            WarmUps(
+                submit,
+                self.workers,
+                warm_ups_at_once(self.budget.count),
+                finished=lambda: store.done(pinned),
+            )
+        )
+        return warming.check()
 
     def _share_objects(self, jobs: list[ChunkJob]) -> dict[int, Reference]:
         """References to the objects the map's chunks share, placed in the pool's store."""
@@ -238,6 +286,7 @@ class JoblibExecutor(PooledExecutor):
             remove_empty_folders(manager)
         with self._pool_lock:
             store, self._store = self._store, None
+            self._warming = None
         if store is not None:
             # after the workers: a chunk still running may yet read its objects
             store.release()

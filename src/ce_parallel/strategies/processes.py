@@ -13,9 +13,11 @@ content in the pool's ``ObjectStore`` and unpickled once per worker (``shared_ob
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from itertools import chain, islice
 from typing import Any
@@ -26,7 +28,15 @@ from ..executor import MapCall
 from ..resources import numeric_thread_env, threads_per_worker
 from ..shared_arrays import MapSegments, run_shared_chunk, sharing_possible
 from ..shared_objects import SCAN_ITEMS, ObjectStore
-from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, run_chunk, watch_parent
+from ..warmup import PoolWarmUps, WarmUps, warm_ups_at_once
+from ..worker import (
+    IN_WORKER_ENV,
+    ChunkJob,
+    ChunkOutcome,
+    WorkerSetup,
+    run_chunk,
+    watch_parent,
+)
 
 
 class ProcessExecutor(PooledExecutor):
@@ -37,6 +47,7 @@ class ProcessExecutor(PooledExecutor):
     _map_local: threading.local | None = None
     _live_segments: set[MapSegments] | None = None
     _store: ObjectStore | None = None
+    _warming: PoolWarmUps | None = None
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """Run the map with its own shared-memory segments, released once it has ended."""
@@ -94,6 +105,40 @@ class ProcessExecutor(PooledExecutor):
                     context=context,
                 )
                 self._store = ObjectStore()
+                self._warming = PoolWarmUps()
+
+    def warm_up(
+        self, call: MapCall, work: list[Any], setup: WorkerSetup
+    ) -> Callable[[], bool] | None:
+        """Warm-up tasks (``warmup``) for the map's shared objects that no worker has yet;
+        with those of earlier maps still running, whether all are done."""
+        pool, store, warming = self._pool, self._store, self._warming
+        segments = getattr(self._map_local, "segments", None)
+        if pool is None or store is None or warming is None or segments is None:
+            return None
+        if not sharing_possible():
+            return None
+        segments.share_objects(store, call.fn, work[:SCAN_ITEMS])
+        job = segments.warm_up_job(setup)
+        payload = None
+        if job is not None:
+            with contextlib.suppress(Exception):  # the chunks' own pickling reports it
+                payload = segments.dumps(job)
+        if payload is not None:
+
+            def submit() -> Future[ChunkOutcome]:
+                fut = pool.submit(run_shared_chunk, 0, payload)
+                # the map's segments (and its objects' files) stay while a warm-up runs
+                segments.watch([fut])
+                return fut
+
+            warming.add(WarmUps(submit, self.workers, warm_ups_at_once(self.budget.count)))
+        return warming.check()
+
+    def wait_until_warm(self, timeout: float | None = None) -> bool:
+        """Block until the warm-up tasks sent so far have ended; True once they have."""
+        warming = getattr(self, "_warming", None)
+        return True if warming is None else warming.wait(timeout)
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
@@ -131,6 +176,7 @@ class ProcessExecutor(PooledExecutor):
         with self._pool_lock:
             pool, self._pool = self._pool, None
             store, self._store = self._store, None
+            self._warming = PoolWarmUps()
         if pool is not None:
             pool.shutdown(wait=True, kill_workers=kill)
         if store is not None:
