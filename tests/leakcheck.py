@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -86,3 +89,31 @@ def no_leaks() -> Iterator[None]:
     before = snapshot()
     yield
     assert_no_leaks(before)
+
+
+def files_left_by_a_killed_process(
+    script: str, files_of: Callable[[int], list[str]], seconds: float = 60.0
+) -> list[str]:
+    """Run ``script`` (it prints its pid, then makes files), SIGKILL it once ``files_of(pid)``
+    is not empty, and return what is still there after waiting up to ``seconds``: the
+    executor's helpers (workers, the resource tracker) must remove it without the parent."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        deadline = time.monotonic() + seconds
+        while not files_of(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert files_of(child), "the script made no file to leave behind"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + seconds
+        while files_of(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return files_of(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

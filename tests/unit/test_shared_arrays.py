@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from leakcheck import files_left_by_a_killed_process
 
 from ce_parallel import ParallelConfig, ParallelExecutor, create_executor
 from ce_parallel.heuristics import SHARED_ARRAY_MIN_BYTES
@@ -302,25 +302,9 @@ ex.map(slow, [np.full({size}, float(i)) for i in range(4)])
 
 @pytest.mark.timeout(120)
 def test_segments_of_a_killed_process_are_removed() -> None:
+    # the workers notice their parent is gone, then the resource tracker removes the files
     script = textwrap.dedent(KILLED_PARENT.format(size=LARGE))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        assert proc.stdout is not None
-        child = int(proc.stdout.readline())
-        deadline = time.monotonic() + 60
-        while not segment_files(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert segment_files(child), "the map placed no segment"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        # the workers notice their parent is gone, then the resource tracker removes the files
-        assert _no_segments_within(60.0, child) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert files_left_by_a_killed_process(script, segment_files) == []
 
 
 def test_a_stream_shares_large_arrays_and_leaves_no_segment(executor: ParallelExecutor) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from leakcheck import files_left_by_a_killed_process
 from machines import fake_machine
 
 from ce_parallel import ParallelConfig, ParallelExecutor, create_executor, shared_objects
@@ -236,60 +233,7 @@ ex.map(slow, [(i, model) for i in range(4)], chunksize=1)
 @pytest.mark.timeout(120)
 def test_object_files_of_a_killed_process_are_removed() -> None:
     script = textwrap.dedent(KILLED_PARENT.format(size=2 * SHARED_OBJECT_MIN_BYTES))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    try:
-        assert proc.stdout is not None
-        child = int(proc.stdout.readline())
-        deadline = time.monotonic() + 60
-        while not object_files(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert object_files(child), "the map placed no object file"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        deadline = time.monotonic() + 60
-        while object_files(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert object_files(child) == []
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def _weighed_sum(model: Model, array: Any) -> tuple[float, bool, bool, int, int]:
-    flags = array.flags
-    return (
-        model.weight * float(array.sum()),
-        flags.writeable,
-        flags.f_contiguous,
-        *_seen(model, 0.0)[:2],
-    )
-
-
-@pytest.mark.timeout(120)
-def test_joblib_still_memory_maps_the_large_arrays_of_chunks_that_share_objects() -> None:
-    executor = create_executor(ParallelConfig(enabled=True, strategy="joblib", max_workers=2))
-    try:
-        model = Model(2.0)
-        fn = functools.partial(_weighed_sum, model)
-        # 2 MiB each, above joblib's max_nbytes; Fortran order travels as it is
-        arrays = [np.asfortranarray(np.full((512, 512), float(i))) for i in range(4)]
-        executor.map(fn, arrays[:2], chunksize=1)  # the caller may run it: the pool warms up
-        assert executor.wait_until_warm(60)  # type: ignore[attr-defined]
-        for _ in range(2):
-            got = executor.map(fn, arrays, chunksize=1)
-            assert [g[0] for g in got] == [2.0 * float(a.sum()) for a in arrays]
-            assert all(not writeable and fortran for _, writeable, fortran, _, _ in got)
-            assert PARENT not in {g[3] for g in got}
-            assert {g[4] for g in got} == {1}, "the model was unpickled more than once a worker"
-            for array in arrays:
-                array += 1.0  # changed in place: the next map must see the new content
-        assert executor.metrics.fallbacks == 0
-    finally:
-        executor.shutdown()
-    assert object_files(PARENT) == []
+    assert files_left_by_a_killed_process(script, object_files) == []
 
 
 # -- what is shared ------------------------------------------------------------------------
