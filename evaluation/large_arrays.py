@@ -13,7 +13,7 @@ Case ``payload``: ``np.sum`` over 32 arrays of 8 MB (float64, 1M elements) on
   ``ProcessPoolExecutor(2)``, each kept warm, ``list(pool.map(np.sum, arrays))``;
 * ``joblib.Parallel``: ``Parallel(n_jobs=2)(delayed(np.sum)(a) for a in arrays)``.
 
-Runners are interleaved within each repeat, in an order that rotates from one repeat to the
+Runners are interleaved within each repeat, in an order shuffled (seeded) from one repeat to the
 next; the numbers are medians of ``--repeats``, and
 ratios are the loop's time over the runner's (above 1 is faster than the loop).
 
@@ -42,6 +42,7 @@ import functools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import threading
@@ -134,10 +135,12 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
     try:
         names = list(runners)
         for repeat in range(repeats):
-            # the order rotates: a runner that always ran after a process pool's map paid for
-            # its clean-up and the caches it left cold
-            shift = repeat % len(names)
-            for name in names[shift:] + names[:shift]:
+            # the order is shuffled (seeded): a runner that always ran after a process pool's
+            # map paid for its clean-up (files unlinked, workers' collections) and the caches
+            # it left cold; a rotation keeps the same neighbours in every repeat
+            order = names[:]
+            random.Random(repeat).shuffle(order)
+            for name in order:
                 seconds, got = _timed(lambda: runners[name](arrays))  # noqa: B023 - called at once
                 assert list(got) == expected, name
                 times[name].append(seconds)
@@ -403,10 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR)
+    parser.add_argument(
+        "--single-item-chunks-max",
+        type=int,
+        help="threads send maps of at most this many items one item per chunk "
+        "(heuristics.SINGLE_ITEM_CHUNKS_MAX)",
+    )
     args = parser.parse_args(argv)
+    if args.single_item_chunks_max is not None:
+        heuristics.SINGLE_ITEM_CHUNKS_MAX = args.single_item_chunks_max
     results: dict[str, Any] = {
         "repeats": args.repeats,
         "scale": args.scale,
+        "single_item_chunks_max": heuristics.SINGLE_ITEM_CHUNKS_MAX,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],

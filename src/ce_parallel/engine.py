@@ -19,12 +19,13 @@ and record metrics and telemetry. A strategy fills in four hooks:
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from . import telemetry
@@ -54,6 +55,21 @@ def caller_items_of_last_map() -> int:
 def clear_last_map() -> None:
     """Forget this thread's last map (before a run whose count is read afterwards)."""
     _last_map.caller_items = 0
+
+
+def _arrived(
+    arrivals: queue.SimpleQueue[Future[ChunkOutcome]], timeout: float
+) -> list[Future[ChunkOutcome]]:
+    """The futures done since the last call: waits up to ``timeout`` for the first one."""
+    try:
+        done = [arrivals.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            done.append(arrivals.get_nowait())
+        except queue.Empty:
+            return done
 
 
 class PooledExecutor(ParallelExecutor):
@@ -113,7 +129,11 @@ class PooledExecutor(ParallelExecutor):
         """
         from .executor import default_chunksize
 
-        size = chunksize or self.config.instance_chunk_size or default_chunksize(n, self.workers)
+        size = (
+            chunksize
+            or self.config.instance_chunk_size
+            or default_chunksize(n, self.workers, cheap_dispatch=not self.record.pickles_work)
+        )
         return [(start, min(start + size, n)) for start in range(0, n, size)]
 
     def worker_setup(self) -> WorkerSetup:
@@ -309,13 +329,22 @@ class PooledExecutor(ParallelExecutor):
         failures: dict[int, BaseException] = {}
         user_errors: dict[int, ChunkOutcome] = {}
         busy = 0.0
+        finished = 0
+        # each future reports itself once when done: a wake costs O(1), not a new waiter on
+        # every pending future (which holds the GIL the workers of a thread pool need)
+        arrivals: queue.SimpleQueue[Future[ChunkOutcome]] = queue.SimpleQueue()
+        for fut in futures:
+            fut.add_done_callback(arrivals.put)
         try:
             while pending:
                 timeout = POLL_INTERVAL_S
                 if call.deadline is not None:
                     timeout = max(0.0, min(timeout, call.deadline - time.monotonic()))
-                done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                done = _arrived(arrivals, timeout)
                 for fut in done:
+                    if fut not in pending:
+                        continue  # dropped after an error: it was cancelled or is ignored
+                    pending.discard(fut)
                     i = index_of[fut]
                     try:
                         outcome = fut.result()
@@ -347,6 +376,7 @@ class PooledExecutor(ParallelExecutor):
                             )
                             continue
                         outcomes[i] = part
+                        finished += b - a
                         if call.bar is not None:
                             call.bar.update(b - a)
                 if user_errors:
@@ -357,9 +387,6 @@ class PooledExecutor(ParallelExecutor):
                         dropped |= stop
                         self.abort(stop, kill=False)
                 if pending:
-                    finished = sum(
-                        b - a for i, (a, b) in enumerate(chunks) if outcomes[i] is not None
-                    )
                     check_call(call, self.name, self.metrics, finished)
         except BaseException:
             # KeyboardInterrupt, timeout, cancel: leave no work running behind the caller

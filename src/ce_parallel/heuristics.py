@@ -102,6 +102,10 @@ SHARED_OBJECT_MIN_BYTES = 64 * 1024
 #: CPUs of the budget that a pool's warm-up tasks leave to the caller, which runs the map's
 #: first items meanwhile (``warmup``).
 WARMUP_CALLER_CPUS = 1
+#: A map of at most this many items on a pool that pickles nothing (threads) runs one item per
+#: chunk: a hand-off costs a few microseconds there, and a last chunk of several items keeps
+#: the other workers waiting.
+SINGLE_ITEM_CHUNKS_MAX = 64
 #: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
 JOBLIB_CALL_OVERHEAD_S = 0.0005
 #: Whether process workers are sized by physical cores instead of logical CPUs.
@@ -130,6 +134,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "4 chunks per worker is best on tiny for processes (4.2 ms; 1: 4.9, 16: 13.8, "
         "chunksize=1: 19,876 ms) and threads, best on 16 x 100 ms with processes, and within "
         "13% of the best on 200 x 5 ms",
+    ),
+    Heuristic(
+        "SINGLE_ITEM_CHUNKS_MAX",
+        SINGLE_ITEM_CHUNKS_MAX,
+        "On threads a chunk costs a queue hand-off and a future (a few microseconds), so a map "
+        "of few items loses more to a worker waiting on another's last chunk of several items "
+        "than it saves by grouping them; past 64 items the usual chunks keep the hand-offs few.",
+        "python evaluation/large_arrays.py --repeats 15 (evaluation/results/large_arrays.md), "
+        "32 x np.sum of 7.6 MiB, medians: ce:threads 11.5 ms against cf:threads 11.9 ms; with "
+        "--single-item-chunks-max 0 (8 chunks of 4) 11.9 ms against 11.3 ms",
     ),
     Heuristic(
         "FACADE_MIN_INSTANCES",

@@ -103,7 +103,7 @@ def estimate_run_s(
         return opening + n * observed_s
     workers = max(1, workers)
     # the engine's own plan: the slowest worker runs ceil(chunks / workers) chunks
-    per_chunk = default_chunksize(n, workers)
+    per_chunk = default_chunksize(n, workers, cheap_dispatch=not record.pickles_work)
     chunks = math.ceil(n / per_chunk)
     rounds = math.ceil(chunks / workers)
     compute = per_item_s * rounds * per_chunk

@@ -55,3 +55,15 @@ def test_n_jobs_is_accepted_as_joblib_spells_it_wherever_max_workers_is() -> Non
     assert ParallelConfig.from_env(environ={"CE_PARALLEL": "threads,n_jobs=-1"}).n_jobs == -1
     with pytest.raises(ConfigurationError, match="n_jobs=0"):
         ParallelConfig.from_env(environ={"CE_PARALLEL": "n_jobs=0"})
+
+
+def test_a_pool_that_pickles_nothing_sends_a_short_map_one_item_per_chunk() -> None:
+    from ce_parallel.heuristics import SINGLE_ITEM_CHUNKS_MAX
+
+    assert default_chunksize(SINGLE_ITEM_CHUNKS_MAX, 2, cheap_dispatch=True) == 1
+    longer = SINGLE_ITEM_CHUNKS_MAX + 1
+    assert default_chunksize(longer, 2, cheap_dispatch=True) == default_chunksize(longer, 2) > 1
+    assert default_chunksize(32, 2) == 4  # a pool that pickles keeps its chunks
+    with create_executor(ParallelConfig(enabled=True, strategy="threads", max_workers=2)) as ex:
+        assert ex.map(abs, list(range(-16, 16))) == [abs(x) for x in range(-16, 16)]
+        assert ex.metrics.chunks == 32
