@@ -172,6 +172,16 @@ def _walk(value: Any, depth: int) -> Iterable[Any]:
         yield from _walk(child, depth - 1)
 
 
+def pickled_if_worth_sharing(obj: Any, dumps: Callable[[Any], bytes]) -> bytes | None:
+    """``dumps(obj)``, or None when it fails (the chunk's own pickling then reports it, as it
+    would have without sharing) or is below ``SHARED_OBJECT_MIN_BYTES``."""
+    try:
+        blob = dumps(obj)
+    except Exception:
+        return None
+    return blob if len(blob) >= heuristics.SHARED_OBJECT_MIN_BYTES else None
+
+
 @dataclass
 class _Entry:
     name: str
@@ -207,11 +217,8 @@ class ObjectStore:
         """
         refs: dict[int, Reference] = {}
         for obj in objects:
-            try:
-                blob = dumps(obj)
-            except Exception:
-                continue  # the chunk's pickling reports it, as it would have without sharing
-            if len(blob) < heuristics.SHARED_OBJECT_MIN_BYTES:
+            blob = pickled_if_worth_sharing(obj, dumps)
+            if blob is None:
                 continue
             digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
             name = self._pin(digest, blob, fresh)
@@ -517,6 +524,7 @@ __all__ = [
     "loads",
     "loads_with",
     "object_files",
+    "pickled_if_worth_sharing",
     "release_when_done",
     "touch",
     "worker_loads",

@@ -11,9 +11,10 @@ warm-up is done the engine runs the map's items in the caller (``serial_loop``, 
 stopping once the pool is ready) and sends the pool only what is left, so no item runs twice
 and the map costs about what the serial loop costs. At most the CPU budget less
 ``WARMUP_CALLER_CPUS`` warm-ups run at once, leaving the caller a CPU; the next is sent when
-one ends. A worker that is idle takes
-queued work in turn, so the chained warm-ups reach the other workers. A warm-up that fails is
-done as well: the chunks then meet the same failure and fall back.
+one ends. A worker that is idle takes queued work in turn, so the chained warm-ups reach the
+other workers; one that comes back from a worker already warm (the same pid) is sent again, up
+to twice as many as there are workers. A warm-up that fails is done as well: the chunks then
+meet the same failure and fall back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from typing import Any
 
 
 class WarmUps:
-    """Warm-up tasks of one pool: ``total`` of them, at most ``at_once`` running. Thread-safe."""
+    """Warm-up tasks of one pool until ``total`` distinct workers (by pid) have run one, at
+    most ``at_once`` running and ``2 x total`` sent. Thread-safe.
+
+    A worker that is idle longest usually takes the next task, so the chained warm-ups reach
+    the other workers; when one comes back from a worker already warm, another is sent.
+    """
 
     def __init__(
         self,
@@ -38,10 +44,12 @@ class WarmUps:
         self._submit = submit
         self._finished = finished
         self._lock = threading.Lock()
-        self._left_to_send = max(1, total)
+        self._wanted = max(1, total)
+        self._left_to_send = 2 * self._wanted
         self._running = 0
+        self._pids: set[int] = set()
         self._ready = threading.Event()
-        for _ in range(max(1, min(at_once, total))):
+        for _ in range(max(1, min(at_once, self._wanted))):
             self._send()
 
     def _send(self) -> None:
@@ -58,10 +66,17 @@ class WarmUps:
             return
         fut.add_done_callback(self._one_done)
 
-    def _one_done(self, _: Future[Any]) -> None:
+    def _one_done(self, fut: Future[Any]) -> None:
+        pid = None
+        if not fut.cancelled() and fut.exception() is None:
+            pid = getattr(fut.result(), "pid", None)
         with self._lock:
             self._running -= 1
-            more = self._left_to_send > 0
+            if pid is not None:
+                self._pids.add(pid)
+            # warm-ups sent so far may still reach the workers not yet warm
+            unwarmed = self._wanted - len(self._pids) - self._running
+            more = unwarmed > 0 and self._left_to_send > 0
             done = not more and self._running == 0
         if more:
             self._send()

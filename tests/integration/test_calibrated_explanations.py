@@ -231,6 +231,10 @@ def test_a_worker_killed_mid_explain_falls_back_to_identical_explanations(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             target.explain_factual(data.x_test)  # starts the pool, so the kill lands mid-map
+        # and its workers have loaded the explainer: a kill then hits a chunk, not a warm-up
+        core = executor.executor
+        assert core is not None, "the first call did not run on the pool"
+        assert core.wait_until_warm(60)
         killed: list[int] = []
         stop = threading.Event()
         killer = threading.Thread(target=_kill_a_busy_worker, args=(killed, stop, spare))

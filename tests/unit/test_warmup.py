@@ -136,6 +136,11 @@ def test_a_user_error_in_an_item_the_caller_runs_stops_the_map_there(
     assert executor.map(_where, [(0, model)] * 3, chunksize=1)[0][0] == 0
 
 
+class _Ran:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
 def test_warm_ups_chain_until_every_worker_had_one() -> None:
     from concurrent.futures import Future
 
@@ -148,12 +153,31 @@ def test_warm_ups_chain_until_every_worker_had_one() -> None:
     finished: list[bool] = []
     warm = WarmUps(submit, total=3, at_once=1, finished=lambda: finished.append(True))
     assert len(sent) == 1 and not warm.ready()
-    sent[0].set_result(None)
+    sent[0].set_result(_Ran(101))
     assert len(sent) == 2 and not warm.ready()  # the next one only once the first ended
-    sent[1].set_exception(RuntimeError("a warm-up failed"))  # done all the same
+    sent[1].set_result(_Ran(101))  # the same worker again: one more is sent
     assert len(sent) == 3 and not warm.ready()
-    sent[2].set_result(None)
-    assert warm.ready() and finished == [True]
+    sent[2].set_exception(RuntimeError("a warm-up failed"))  # done all the same
+    assert len(sent) == 4 and not warm.ready()
+    sent[3].set_result(_Ran(102))
+    assert len(sent) == 5 and not warm.ready()
+    sent[4].set_result(_Ran(103))
+    assert warm.ready() and finished == [True]  # three workers warm
+
+
+def test_warm_ups_give_up_after_twice_as_many_tries_as_workers() -> None:
+    from concurrent.futures import Future
+
+    sent: list[Future[Any]] = []
+
+    def submit() -> Future[Any]:
+        sent.append(Future())
+        return sent[-1]
+
+    warm = WarmUps(submit, total=2, at_once=1)
+    for _ in range(4):
+        sent[-1].set_result(_Ran(7))  # always the same worker
+    assert len(sent) == 4 and warm.ready()
 
 
 def test_warm_ups_on_a_pool_that_refuses_work_are_ready_at_once() -> None:

@@ -22,14 +22,18 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from .. import heuristics
 from ..shared_objects import (
     REFERENCE_TAG,
     STORE_MAX_BYTES,
     STORE_MAX_FILES,
     Reference,
     dumps_referencing,
+    pickled_if_worth_sharing,
 )
+
+
+def _dumps_inline(obj: Any) -> bytes:
+    return dumps_referencing(obj, {}, out_of_band=False)[0]
 
 
 def digest_of(blob: bytes) -> str:
@@ -76,11 +80,8 @@ class ScatteredObjects:
         refs: dict[int, Reference] = {}
         futures: dict[str, Any] = {}
         for obj in objects:
-            try:
-                blob, _ = dumps_referencing(obj, {}, out_of_band=False)
-            except Exception:
-                continue
-            if len(blob) < heuristics.SHARED_OBJECT_MIN_BYTES:
+            blob = pickled_if_worth_sharing(obj, _dumps_inline)
+            if blob is None:
                 continue
             digest, future = self.scatter(client, blob)
             refs[id(obj)] = (REFERENCE_TAG, digest, "")
