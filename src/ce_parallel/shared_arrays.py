@@ -126,11 +126,18 @@ class MapSegments:
         """How many segments this map has placed."""
         return len(self._paths)
 
-    def share_objects(self, store: Any, fn: Callable[..., Any], items: list[Any]) -> None:
+    def share_objects(
+        self,
+        store: Any,
+        fn: Callable[..., Any],
+        items: list[Any],
+        on_placed: Callable[[], None] | None = None,
+    ) -> None:
         """Send the objects ``fn`` and ``items`` share through ``store`` (once per map).
 
         ``store`` is the executor's ``shared_objects.ObjectStore``; the references it hands
-        out are pinned until this map is released.
+        out are pinned until this map is released. ``on_placed`` is called (under the store's
+        lock) when this map is the first to place one of them.
         """
         from .shared_objects import dump_object, find_shared
 
@@ -142,7 +149,13 @@ class MapSegments:
         if not candidates:
             return
         fresh: set[str] = set()
-        refs = store.share(candidates, dump_object, fresh)
+
+        def placed(digest: str) -> None:
+            fresh.add(digest)
+            if on_placed is not None:
+                on_placed()
+
+        refs = store.share(candidates, dump_object, placed)
         with self._lock:
             if self._released:
                 store.done(refs.values())

@@ -206,14 +206,16 @@ class ObjectStore:
         self,
         objects: Iterable[Any],
         dumps: Callable[[Any], bytes],
-        fresh: set[str] | None = None,
+        on_placed: Callable[[str], None] | None = None,
     ) -> dict[int, Reference]:
         """Place the objects worth it; ``id(object) -> reference`` for each one placed.
 
         ``dumps`` pickles an object as a chunk would (large arrays inline: a file outlives the
         map whose segments an array would otherwise name). An object that fails to pickle, or
-        is below ``SHARED_OBJECT_MIN_BYTES``, is left to the chunks' own pickling. ``fresh``
-        receives the digests placed by this call: objects no worker of the pool has loaded.
+        is below ``SHARED_OBJECT_MIN_BYTES``, is left to the chunks' own pickling. ``on_placed``
+        is called with the digest of each object this call places first (no worker of the
+        pool has it), under the store's lock: a map that meets the same object afterwards
+        sees whatever the callback recorded (a warm-up under way).
         """
         refs: dict[int, Reference] = {}
         for obj in objects:
@@ -221,12 +223,14 @@ class ObjectStore:
             if blob is None:
                 continue
             digest = hashlib.blake2b(blob, digest_size=16).hexdigest()
-            name = self._pin(digest, blob, fresh)
+            name = self._pin(digest, blob, on_placed)
             if name is not None:
                 refs[id(obj)] = (REFERENCE_TAG, digest, name)
         return refs
 
-    def _pin(self, digest: str, blob: bytes, fresh: set[str] | None = None) -> str | None:
+    def _pin(
+        self, digest: str, blob: bytes, on_placed: Callable[[str], None] | None = None
+    ) -> str | None:
         with self._lock:
             if self._closed:
                 return None
@@ -238,8 +242,6 @@ class ObjectStore:
         name = _write(blob)
         if name is None:
             return None
-        if fresh is not None:
-            fresh.add(digest)
         with self._lock:
             if self._closed:
                 _remove(os.path.join(SHM_DIR, name))
@@ -253,6 +255,8 @@ class ObjectStore:
                 duplicate = None
                 self._entries[digest] = _Entry(name, len(blob), users=1)
                 self._bytes += len(blob)
+                if on_placed is not None:
+                    on_placed(digest)
             evicted = self._evict()
         for path in evicted + ([duplicate] if duplicate else []):
             _remove(os.path.join(SHM_DIR, path))

@@ -34,14 +34,12 @@ class WarmUps:
     """
 
     def __init__(
-        self,
-        submit: Callable[[], Future[Any]],
-        total: int,
-        at_once: int,
-        finished: Callable[[], None] | None = None,
+        self, total: int, at_once: int, finished: Callable[[], None] | None = None
     ) -> None:
-        """``finished`` is called once, when the last warm-up has ended."""
-        self._submit = submit
+        """Nothing is sent before ``start``; ``finished`` is called once, when the last
+        warm-up has ended (or ``abandon``)."""
+        self._submit: Callable[[], Future[Any]] | None = None
+        self._at_once = at_once
         self._finished = finished
         self._lock = threading.Lock()
         self._wanted = max(1, total)
@@ -49,12 +47,22 @@ class WarmUps:
         self._running = 0
         self._pids: set[int] = set()
         self._ready = threading.Event()
-        for _ in range(max(1, min(at_once, self._wanted))):
+
+    def start(self, submit: Callable[[], Future[Any]]) -> None:
+        """Send the first warm-ups with ``submit`` (one task each)."""
+        self._submit = submit
+        for _ in range(max(1, min(self._at_once, self._wanted))):
             self._send()
+
+    def abandon(self) -> None:
+        """Nothing to warm after all: ready now."""
+        with self._lock:
+            self._left_to_send = 0
+        self._set_ready()
 
     def _send(self) -> None:
         with self._lock:
-            if self._left_to_send == 0:
+            if self._left_to_send == 0 or self._submit is None:
                 return
             self._left_to_send -= 1
             self._running += 1

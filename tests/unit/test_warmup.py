@@ -151,7 +151,9 @@ def test_warm_ups_chain_until_every_worker_had_one() -> None:
         return sent[-1]
 
     finished: list[bool] = []
-    warm = WarmUps(submit, total=3, at_once=1, finished=lambda: finished.append(True))
+    warm = WarmUps(total=3, at_once=1, finished=lambda: finished.append(True))
+    assert not sent and not warm.ready()  # nothing before start
+    warm.start(submit)
     assert len(sent) == 1 and not warm.ready()
     sent[0].set_result(_Ran(101))
     assert len(sent) == 2 and not warm.ready()  # the next one only once the first ended
@@ -174,7 +176,8 @@ def test_warm_ups_give_up_after_twice_as_many_tries_as_workers() -> None:
         sent.append(Future())
         return sent[-1]
 
-    warm = WarmUps(submit, total=2, at_once=1)
+    warm = WarmUps(total=2, at_once=1)
+    warm.start(submit)
     for _ in range(4):
         sent[-1].set_result(_Ran(7))  # always the same worker
     assert len(sent) == 4 and warm.ready()
@@ -184,5 +187,44 @@ def test_warm_ups_on_a_pool_that_refuses_work_are_ready_at_once() -> None:
     def submit() -> Any:
         raise RuntimeError("cannot schedule new futures after shutdown")
 
-    warm = WarmUps(submit, total=2, at_once=2)
+    warm = WarmUps(total=2, at_once=2)
+    warm.start(submit)
     assert warm.ready()
+    finished: list[bool] = []
+    abandoned = WarmUps(total=2, at_once=1, finished=lambda: finished.append(True))
+    abandoned.abandon()
+    assert abandoned.ready() and finished == [True]
+
+
+def _nested(item: tuple[int, SlowToLoad]) -> tuple[int, list[int]]:
+    # a library inside fn mapping on the same executor, while its workers still warm up
+    inner = _IN_PARENT["executor"].map(abs, [-1, -2, -3], chunksize=1)
+    return item[0], inner
+
+
+@pytest.mark.timeout(120)
+def test_threads_sharing_a_warming_executor_and_maps_inside_fn_all_run_in_their_callers(
+    setting: tuple[Any, Path, list],
+) -> None:
+    import threading
+
+    executor, flag, _ = setting
+    _IN_PARENT["executor"] = executor
+    model = SlowToLoad(flag)
+    got: dict[str, Any] = {}
+
+    def caller(name: str) -> None:
+        got[name] = executor.map(_nested, [(i, model) for i in range(6)], chunksize=1)
+        got[name + " thread"] = threading.current_thread().name
+
+    threads = [threading.Thread(target=caller, args=(f"t{k}",)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for k in range(3):
+        assert got[f"t{k}"] == [(i, [1, 2, 3]) for i in range(6)]
+    assert executor.metrics.fallbacks == 0
+    flag.touch()
+    assert executor.wait_until_warm(60)
+    assert PARENT not in {pid for _, pid in executor.map(_where, [(0, model)] * 4, chunksize=1)}

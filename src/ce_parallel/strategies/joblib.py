@@ -217,30 +217,39 @@ class JoblibExecutor(PooledExecutor):
             return None
         candidates = find_shared(call.fn, work[:SCAN_ITEMS])
         fresh: set[str] = set()
-        refs = store.share(candidates, dump_object, fresh) if candidates else {}
+        pinned: list[Reference] = []
+        warm = WarmUps(
+            self.workers,
+            warm_ups_at_once(self.budget.count),
+            # the objects' files stay pinned until the last warm-up has ended
+            finished=lambda: store.done(pinned),
+        )
+
+        def placed(digest: str) -> None:
+            # under the store's lock: a map meeting these objects next sees the warm-up
+            if not fresh:
+                warming.add(warm)
+            fresh.add(digest)
+
+        refs = store.share(candidates, dump_object, placed) if candidates else {}
+        pinned.extend(refs.values())
         new = [obj for obj in candidates if id(obj) in refs and refs[id(obj)][1] in fresh]
         payload = None
         if new:
             job = ChunkJob(fn=functools.partial(touch, *new), start=0, items=[], setup=setup)
             with contextlib.suppress(Exception):  # the chunks' own pickling reports it
                 payload, buffers = dumps_referencing(job, refs)
-        pinned = list(refs.values())
         if payload is None:
-            store.done(pinned)
+            if fresh:
+                warm.abandon()  # unpins
+            else:
+                store.done(pinned)
             return warming.check()
 
         def submit() -> Future[ChunkOutcome]:
             return backend.submit(functools.partial(run_shared_chunk, 0, payload, buffers))
 
-        # the objects' files stay pinned until the last warm-up has ended
-        warming.add(
-            WarmUps(
-                submit,
-                self.workers,
-                warm_ups_at_once(self.budget.count),
-                finished=lambda: store.done(pinned),
-            )
-        )
+        warm.start(submit)
         return warming.check()
 
     def _share_objects(self, jobs: list[ChunkJob]) -> dict[int, Reference]:

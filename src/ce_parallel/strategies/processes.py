@@ -118,21 +118,33 @@ class ProcessExecutor(PooledExecutor):
             return None
         if not sharing_possible():
             return None
-        segments.share_objects(store, call.fn, work[:SCAN_ITEMS])
-        job = segments.warm_up_job(setup)
-        payload = None
-        if job is not None:
-            with contextlib.suppress(Exception):  # the chunks' own pickling reports it
-                payload = segments.dumps(job)
-        if payload is not None:
+        warm = WarmUps(self.workers, warm_ups_at_once(self.budget.count))
+        registered: list[bool] = []
 
-            def submit() -> Future[ChunkOutcome]:
-                fut = pool.submit(run_shared_chunk, 0, payload)
-                # the map's segments (and its objects' files) stay while a warm-up runs
-                segments.watch([fut])
-                return fut
+        def placed() -> None:
+            # under the store's lock: a map meeting these objects next sees the warm-up
+            if not registered:
+                registered.append(True)
+                warming.add(warm)
 
-            warming.add(WarmUps(submit, self.workers, warm_ups_at_once(self.budget.count)))
+        segments.share_objects(store, call.fn, work[:SCAN_ITEMS], placed)
+        if registered:
+            job = segments.warm_up_job(setup)
+            payload = None
+            if job is not None:
+                with contextlib.suppress(Exception):  # the chunks' own pickling reports it
+                    payload = segments.dumps(job)
+            if payload is None:
+                warm.abandon()
+            else:
+
+                def submit() -> Future[ChunkOutcome]:
+                    fut = pool.submit(run_shared_chunk, 0, payload)
+                    # the map's segments (and its objects' files) stay while a warm-up runs
+                    segments.watch([fut])
+                    return fut
+
+                warm.start(submit)
         return warming.check()
 
     def wait_until_warm(self, timeout: float | None = None) -> bool:
