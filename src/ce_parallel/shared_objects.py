@@ -475,6 +475,20 @@ def worker_loads() -> int:
     return _loads
 
 
+def forget_objects(digests: Iterable[str]) -> int:
+    """Drop these shared objects from this process's cache; how many are still cached."""
+    with _cache_lock:
+        for digest in digests:
+            _cache.pop(digest, None)
+        return len(_cache)
+
+
+def cached_digests() -> list[str]:
+    """Digests of the shared objects this process keeps unpickled (tests)."""
+    with _cache_lock:
+        return list(_cache)
+
+
 def drop_released_objects() -> int:
     """Forget cached objects whose file is gone; returns how many are still cached."""
     with _cache_lock:
@@ -519,11 +533,13 @@ __all__ = [
     "ObjectStore",
     "Reference",
     "bound_objects",
+    "cached_digests",
     "cached_object",
     "drop_released_objects",
     "dump_object",
     "dumps_referencing",
     "find_shared",
+    "forget_objects",
     "load_object",
     "loads",
     "loads_with",

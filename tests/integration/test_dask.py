@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from ce_parallel import ParallelConfig, create_executor  # noqa: E402
 from ce_parallel.errors import SerializationError, WorkerCrashedError  # noqa: E402
 from ce_parallel.heuristics import SHARED_OBJECT_MIN_BYTES  # noqa: E402
 from ce_parallel.resources import Resources, cpu_budget  # noqa: E402
-from ce_parallel.shared_objects import worker_loads  # noqa: E402
+from ce_parallel.shared_objects import cached_digests, worker_loads  # noqa: E402
 from ce_parallel.strategies import strategy_class  # noqa: E402
 from ce_parallel.strategies.dask import (  # noqa: E402
     PLUGIN_PREFIX,
@@ -240,6 +241,27 @@ def test_a_shared_object_is_scattered_once_and_unpickled_once_per_worker(
     # one load per worker for the first content and at most one for the changed one; a copy
     # per chunk would have loaded 36
     assert 1 <= loaded <= 2 * CLUSTER_WORKERS
+
+
+def test_the_workers_of_a_cluster_we_were_given_drop_our_objects_at_shutdown(
+    client: Any,
+) -> None:
+    model = Model(3.0)
+    ex = DaskExecutor(client=client)
+    try:
+        got = ex.map(_from_item, [(x, {"model": model}) for x in range(6)], chunksize=1)
+        assert [r[3] for r in got] == [3.0 * x for x in range(6)]
+        (digest,) = ex._scattered.digests()
+        assert any(digest in kept for kept in client.run(cached_digests).values())
+    finally:
+        ex.shutdown()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not any(digest in kept for kept in client.run(cached_digests).values()):
+            break
+        time.sleep(0.05)
+    assert not any(digest in kept for kept in client.run(cached_digests).values())
+    assert client.status == "running"  # a client we were given stays open
 
 
 def test_unpicklable_function_falls_back_and_is_recorded(client: Any) -> None:

@@ -46,7 +46,13 @@ from ..errors import (
     SerializationError,
 )
 from ..resources import Resources, numeric_thread_env, threads_per_worker
-from ..shared_objects import SCAN_ITEMS, dumps_referencing, find_shared, loads_with
+from ..shared_objects import (
+    SCAN_ITEMS,
+    dumps_referencing,
+    find_shared,
+    forget_objects,
+    loads_with,
+)
 from ..worker import IN_WORKER_ENV, ChunkJob, ChunkOutcome, WorkerSetup, gc_paused, run_chunk
 from .dask_bridge import Bridge, machinery_error, settle
 from .dask_objects import ScatteredObjects, digest_of
@@ -109,6 +115,12 @@ def run_pickled_chunk(
     with gc_paused():
         job: ChunkJob = loads_with(packed_job, shared)
     return run_dask_chunk(dataclasses.replace(job, fn=_load_fn(key, payload, shared)))
+
+
+async def _forget_on_worker(digests: list[str]) -> None:
+    """Drop an executor's shared objects from a worker (run on its event loop: dask sends a
+    call it does not wait for only as a coroutine; dropping cache entries is instant)."""
+    forget_objects(digests)
 
 
 def _prepare_worker(setup: WorkerSetup) -> None:
@@ -418,11 +430,17 @@ class DaskExecutor(PooledExecutor):
             cluster, self._cluster = self._cluster, None
             owns, self._owns_client = self._owns_client, False
             plugin, self._plugin = self._plugin, None
-            self._scattered.clear()
+            digests = self._scattered.clear()
         if plugin is not None and client is not None and cluster is None:
             # a cluster that outlives us must not give our set-up to the workers it starts
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(plugin)
+        if digests and client is not None and cluster is None:
+            # nor keep the objects we sent unpickled (sent, not awaited: a shutdown never
+            # waits on a cluster that may be gone)
+            with contextlib.suppress(Exception):
+                client.run(_forget_on_worker, digests, wait=False)
+        forget_objects(digests)  # workers inside this process
         self._close(client, cluster, owns)
         # what workers inside this process (an in-process cluster) kept for this executor
         with _prepared_lock:

@@ -88,17 +88,24 @@ class ScatteredObjects:
             futures[digest] = future
         return refs, futures
 
+    def digests(self) -> list[str]:
+        """The digests of the pickles kept scattered, oldest first."""
+        with self._lock:
+            return list(self._entries)
+
     @property
     def kept(self) -> int:
         """How many pickles are kept scattered."""
         with self._lock:
             return len(self._entries)
 
-    def clear(self) -> None:
-        """Drop every future (the pool is released)."""
+    def clear(self) -> list[str]:
+        """Drop every future (the pool is released); the digests that were kept."""
         with self._lock:
+            digests = list(self._entries)
             self._entries.clear()
             self._bytes = 0
+        return digests
 
 
 __all__ = ["ScatteredObjects", "digest_of"]
