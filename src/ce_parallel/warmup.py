@@ -54,6 +54,11 @@ class WarmUps:
         for _ in range(max(1, min(self._at_once, self._wanted))):
             self._send()
 
+    @property
+    def started(self) -> bool:
+        """``start`` or ``abandon`` has been called."""
+        return self._submit is not None or self._ready.is_set()
+
     def abandon(self) -> None:
         """Nothing to warm after all: ready now."""
         with self._lock:

@@ -228,3 +228,25 @@ def test_threads_sharing_a_warming_executor_and_maps_inside_fn_all_run_in_their_
     flag.touch()
     assert executor.wait_until_warm(60)
     assert PARENT not in {pid for _, pid in executor.map(_where, [(0, model)] * 4, chunksize=1)}
+
+
+@pytest.mark.timeout(120)
+def test_a_warm_up_that_fails_to_start_leaves_no_map_waiting(
+    setting: tuple[Any, Path, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ce_parallel import shared_arrays
+    from ce_parallel.strategies import joblib as joblib_strategy
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot build the warm-up")
+
+    monkeypatch.setattr(shared_arrays.MapSegments, "warm_up_job", broken)
+    monkeypatch.setattr(joblib_strategy, "ChunkJob", broken)
+    executor, flag, runs = setting
+    flag.touch()  # the objects load at once wherever they are unpickled
+    model = SlowToLoad(flag)
+    got = executor.map(_where, [(i, model) for i in range(8)], chunksize=1)
+    assert [i for i, _ in got] == list(range(8))
+    assert executor.wait_until_warm(0)  # nothing registered is left pending
+    assert runs[-1]["caller_items"] == 0
+    assert executor.metrics.fallbacks == 0

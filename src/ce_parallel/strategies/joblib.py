@@ -231,25 +231,27 @@ class JoblibExecutor(PooledExecutor):
                 warming.add(warm)
             fresh.add(digest)
 
-        refs = store.share(candidates, dump_object, placed) if candidates else {}
-        pinned.extend(refs.values())
-        new = [obj for obj in candidates if id(obj) in refs and refs[id(obj)][1] in fresh]
-        payload = None
-        if new:
-            job = ChunkJob(fn=functools.partial(touch, *new), start=0, items=[], setup=setup)
-            with contextlib.suppress(Exception):  # the chunks' own pickling reports it
-                payload, buffers = dumps_referencing(job, refs)
-        if payload is None:
-            if fresh:
-                warm.abandon()  # unpins
-            else:
-                store.done(pinned)
-            return warming.check()
+        refs: dict[int, Reference] = {}
+        try:
+            refs = store.share(candidates, dump_object, placed) if candidates else {}
+            pinned.extend(refs.values())
+            new = [o for o in candidates if id(o) in refs and refs[id(o)][1] in fresh]
+            payload = None
+            if new:
+                job = ChunkJob(fn=functools.partial(touch, *new), start=0, items=[], setup=setup)
+                with contextlib.suppress(Exception):  # the chunks' own pickling reports it
+                    payload, buffers = dumps_referencing(job, refs)
+            if payload is not None:
 
-        def submit() -> Future[ChunkOutcome]:
-            return backend.submit(functools.partial(run_shared_chunk, 0, payload, buffers))
+                def submit() -> Future[ChunkOutcome]:
+                    return backend.submit(functools.partial(run_shared_chunk, 0, payload, buffers))
 
-        warm.start(submit)
+                warm.start(submit)
+        finally:
+            if fresh and not warm.started:
+                warm.abandon()  # unpins; later maps must not wait on it
+            elif not fresh:
+                store.done(list(refs.values()))
         return warming.check()
 
     def _share_objects(self, jobs: list[ChunkJob]) -> dict[int, Reference]:

@@ -127,24 +127,27 @@ class ProcessExecutor(PooledExecutor):
                 registered.append(True)
                 warming.add(warm)
 
-        segments.share_objects(store, call.fn, work[:SCAN_ITEMS], placed)
-        if registered:
-            job = segments.warm_up_job(setup)
-            payload = None
-            if job is not None:
-                with contextlib.suppress(Exception):  # the chunks' own pickling reports it
-                    payload = segments.dumps(job)
-            if payload is None:
+        try:
+            segments.share_objects(store, call.fn, work[:SCAN_ITEMS], placed)
+            if registered:
+                job = segments.warm_up_job(setup)
+                payload = None
+                if job is not None:
+                    with contextlib.suppress(Exception):  # the chunks' own pickling reports it
+                        payload = segments.dumps(job)
+                if payload is not None:
+
+                    def submit() -> Future[ChunkOutcome]:
+                        fut = pool.submit(run_shared_chunk, 0, payload)
+                        # the map's segments (and its objects' files) stay while it runs
+                        segments.watch([fut])
+                        return fut
+
+                    warm.start(submit)
+        finally:
+            if not warm.started:
+                # (nothing to send, or an error, even Ctrl-C): later maps must not wait on it
                 warm.abandon()
-            else:
-
-                def submit() -> Future[ChunkOutcome]:
-                    fut = pool.submit(run_shared_chunk, 0, payload)
-                    # the map's segments (and its objects' files) stay while a warm-up runs
-                    segments.watch([fut])
-                    return fut
-
-                warm.start(submit)
         return warming.check()
 
     def wait_until_warm(self, timeout: float | None = None) -> bool:
