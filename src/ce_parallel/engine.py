@@ -38,6 +38,7 @@ from .errors import (
 from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_executor
 from .handoff import lost_chunks_error, record_fallback, start_failed
 from .serial_loop import check_call
+from .warmup import PoolWarmUps
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
 
 #: How often (seconds) a waiting ``map`` wakes to check its deadline and cancel flag; this
@@ -74,6 +75,9 @@ def _arrived(
 
 class PooledExecutor(ParallelExecutor):
     """A strategy that runs chunks of items on a pool of workers (see the module's hooks)."""
+
+    #: the pool's warm-ups that may still run (a strategy that warms its workers sets it)
+    _warming: PoolWarmUps | None = None
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -119,7 +123,8 @@ class PooledExecutor(ParallelExecutor):
     def wait_until_warm(self, timeout: float | None = None) -> bool:
         """Block until the warm-up tasks sent so far have ended (see ``warm_up``); True once
         they have, False on timeout. For measurements that must start on a warm pool."""
-        return True
+        warming = self._warming
+        return True if warming is None else warming.wait(timeout)
 
     def plan_chunks(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
         """Cut ``n`` items into ``(start, stop)`` ranges for ``self.workers`` workers.

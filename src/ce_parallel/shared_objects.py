@@ -38,7 +38,7 @@ import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 from . import heuristics
@@ -154,6 +154,11 @@ def find_shared(fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
             seen.add(key)
             found.append(first[key])
     return found[:MAX_SHARED]
+
+
+def first_items(jobs: Iterable[Any]) -> list[Any]:
+    """The first ``SCAN_ITEMS`` items of a map's chunk jobs, where ``find_shared`` looks."""
+    return list(islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS))
 
 
 def _walk(value: Any, depth: int) -> Iterable[Any]:
@@ -357,7 +362,7 @@ def dumps_referencing(
     pickled with ``array_reduce.reduce_array``.
     """
     buffers: list[Any] = []
-    numpy = sys.modules.get("numpy") if out_of_band else None
+    numpy = sys.modules.get("numpy")
 
     def keep_large(view: pickle.PickleBuffer) -> bool:
         raw = view.raw()
@@ -368,7 +373,9 @@ def dumps_referencing(
 
     stream = io.BytesIO()
     pickler = _referencing(_fast_array_cloudpickler())(
-        stream, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=keep_large
+        stream,
+        protocol=pickle.HIGHEST_PROTOCOL,
+        buffer_callback=keep_large if out_of_band else None,
     )
     pickler.refs = refs
     pickler.dump(obj)
@@ -539,6 +546,7 @@ __all__ = [
     "dump_object",
     "dumps_referencing",
     "find_shared",
+    "first_items",
     "forget_objects",
     "load_object",
     "loads",

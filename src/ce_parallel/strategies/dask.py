@@ -36,7 +36,6 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from itertools import chain, islice
 from typing import Any
 
 from ..config import ParallelConfig
@@ -47,9 +46,9 @@ from ..errors import (
 )
 from ..resources import Resources, numeric_thread_env, threads_per_worker
 from ..shared_objects import (
-    SCAN_ITEMS,
     dumps_referencing,
     find_shared,
+    first_items,
     forget_objects,
     loads_with,
 )
@@ -342,8 +341,7 @@ class DaskExecutor(PooledExecutor):
         submitted: list[Any] = []
         try:
             # (every chunk of a map is submitted in one call)
-            items = list(islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS))
-            refs, objects = scattered.share(client, find_shared(fn, items))
+            refs, objects = scattered.share(client, find_shared(fn, first_items(jobs)))
             try:
                 payload, _ = dumps_referencing(fn, refs, out_of_band=False)
             except Exception as exc:

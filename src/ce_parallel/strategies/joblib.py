@@ -27,7 +27,6 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
-from itertools import chain, islice
 from typing import Any
 
 from .. import telemetry
@@ -42,6 +41,7 @@ from ..shared_objects import (
     dump_object,
     dumps_referencing,
     find_shared,
+    first_items,
     release_when_done,
     touch,
 )
@@ -95,7 +95,6 @@ class JoblibExecutor(PooledExecutor):
     _thread_executor: PooledExecutor | None = None
     _retired: RetiredFolders | None = None
     _store: ObjectStore | None = None
-    _warming: PoolWarmUps | None = None
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """As every pooled strategy, unless an active ``joblib.parallel_config`` says otherwise.
@@ -178,11 +177,6 @@ class JoblibExecutor(PooledExecutor):
                 self._store = ObjectStore() if sharing_possible() else None
                 self._warming = PoolWarmUps()
 
-    def wait_until_warm(self, timeout: float | None = None) -> bool:
-        """Block until the warm-up tasks sent so far have ended; True once they have."""
-        warming = getattr(self, "_warming", None)
-        return True if warming is None else warming.wait(timeout)
-
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         backend = self._parallel._backend
         workers = getattr(backend, "_workers", None)
@@ -260,8 +254,7 @@ class JoblibExecutor(PooledExecutor):
         if store is None or not jobs:
             return {}
         # (every chunk of a map is submitted in one call)
-        items = list(islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS))
-        candidates = find_shared(jobs[0].fn, items)
+        candidates = find_shared(jobs[0].fn, first_items(jobs))
         return store.share(candidates, dump_object) if candidates else {}
 
     def release_pool(self, kill: bool) -> None:

@@ -19,7 +19,6 @@ import pickle
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from itertools import chain, islice
 from typing import Any
 
 from .._loky import loky_package_context
@@ -27,7 +26,7 @@ from ..engine import PooledExecutor
 from ..executor import MapCall
 from ..resources import numeric_thread_env, threads_per_worker
 from ..shared_arrays import MapSegments, run_shared_chunk, sharing_possible
-from ..shared_objects import SCAN_ITEMS, ObjectStore
+from ..shared_objects import SCAN_ITEMS, ObjectStore, first_items
 from ..warmup import PoolWarmUps, WarmUps, warm_ups_at_once
 from ..worker import (
     IN_WORKER_ENV,
@@ -47,7 +46,6 @@ class ProcessExecutor(PooledExecutor):
     _map_local: threading.local | None = None
     _live_segments: set[MapSegments] | None = None
     _store: ObjectStore | None = None
-    _warming: PoolWarmUps | None = None
 
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """Run the map with its own shared-memory segments, released once it has ended."""
@@ -150,11 +148,6 @@ class ProcessExecutor(PooledExecutor):
                 warm.abandon()
         return warming.check()
 
-    def wait_until_warm(self, timeout: float | None = None) -> bool:
-        """Block until the warm-up tasks sent so far have ended; True once they have."""
-        warming = getattr(self, "_warming", None)
-        return True if warming is None else warming.wait(timeout)
-
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
         pool = self._pool
         assert pool is not None
@@ -171,8 +164,7 @@ class ProcessExecutor(PooledExecutor):
             store = self._store
             if store is not None and jobs:
                 # (every chunk of a map is submitted in one call)
-                items = islice(chain.from_iterable(job.items for job in jobs), SCAN_ITEMS)
-                segments.share_objects(store, jobs[0].fn, list(items))
+                segments.share_objects(store, jobs[0].fn, first_items(jobs))
             for job in jobs:
                 # pickled and sent one by one: workers start while later arrays are copied
                 try:
@@ -191,7 +183,7 @@ class ProcessExecutor(PooledExecutor):
         with self._pool_lock:
             pool, self._pool = self._pool, None
             store, self._store = self._store, None
-            self._warming = PoolWarmUps()
+            self._warming = None
         if pool is not None:
             pool.shutdown(wait=True, kill_workers=kill)
         if store is not None:
