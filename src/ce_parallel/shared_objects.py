@@ -279,6 +279,14 @@ class ObjectStore:
                 evicted.append(entry.name)
         return evicted
 
+    def pin(self, refs: Iterable[Reference]) -> None:
+        """Pin placed references once more (each pin is undone by one ``done``)."""
+        with self._lock:
+            for _, digest, _ in refs:
+                entry = self._entries.get(digest)
+                if entry is not None:
+                    entry.users += 1
+
     def done(self, refs: Iterable[Reference]) -> None:
         """A map that pinned these references has ended and its chunks are done."""
         with self._lock:

@@ -415,3 +415,32 @@ def test_the_facade_weighs_a_task_without_objects_its_strategy_sends_once(
     finally:
         front.close()
         MEMORY.clear()
+
+
+@pytest.mark.timeout(120)
+def test_joblib_pickles_the_shared_objects_once_per_map_and_unpins_them_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ce_parallel.strategies import joblib as joblib_strategy
+
+    dumped: list[int] = []
+    real = joblib_strategy.dump_object
+
+    def counting(obj: Any) -> bytes:
+        dumped.append(id(obj))
+        return real(obj)
+
+    monkeypatch.setattr(joblib_strategy, "dump_object", counting)
+    executor = create_executor(ParallelConfig(enabled=True, strategy="joblib", max_workers=2))
+    try:
+        model = Model(2.0)
+        expected = [2.0 * x for x in range(12)]
+        _warmed(executor, _from_item, _items(model), expected)
+        assert dumped == [id(model)]  # the warm-up's sharing served the map's chunks
+        seen = executor.map(_from_item, _items(model), chunksize=1)
+        assert [r[3] for r in seen] == expected
+        assert dumped == [id(model)] * 2
+        store = executor._store  # type: ignore[attr-defined]
+        assert [entry.users for entry in store._entries.values()] == [0]
+    finally:
+        executor.shutdown()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -96,6 +97,13 @@ class JoblibExecutor(PooledExecutor):
     _retired: RetiredFolders | None = None
     _store: ObjectStore | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As every pooled strategy."""
+        super().__init__(*args, **kwargs)
+        # per thread: (fn, store, refs) of the map whose warm_up shared its objects, for its
+        # submit_chunks; the objects are pickled once per map
+        self._shares = threading.local()
+
     def execute(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
         """As every pooled strategy, unless an active ``joblib.parallel_config`` says otherwise.
 
@@ -109,13 +117,25 @@ class JoblibExecutor(PooledExecutor):
             settings = joblib_settings(self.budget.count)
         except ImportError:
             # joblib is missing: starting the pool fails, and falls back, as for any strategy
-            return super().execute(call, work, seeds)
+            return self._on_pool(call, work, seeds)
         if settings.strategy is None:
-            return super().execute(call, work, seeds)
+            return self._on_pool(call, work, seeds)
         self._record_joblib_choice(settings.strategy, settings.detail, len(work))
         if settings.strategy == "sequential":
             return self.run_serially(call, work, seeds)
         return self._threads(settings.workers or self.workers).execute(call, work, seeds)
+
+    def _on_pool(self, call: MapCall, work: list[Any], seeds: list[Any] | None) -> list[Any]:
+        """The engine's map; what its warm-up shared and no chunk took is unpinned after it."""
+        local = self._shares
+        # a map inside fn (run here while the pool warms up) has its own
+        outer, local.stash = getattr(local, "stash", None), None
+        try:
+            return super().execute(call, work, seeds)
+        finally:
+            left, local.stash = local.stash, outer
+            if left is not None:
+                left[1].done(list(left[2].values()))
 
     def _record_joblib_choice(self, strategy: str, detail: str, items: int) -> None:
         if not telemetry.wanted(self.config.telemetry, self.config.telemetry_path):
@@ -189,7 +209,13 @@ class JoblibExecutor(PooledExecutor):
             return [backend.submit(functools.partial(run_chunk, job)) for job in jobs]
         retired.sweep()
         folder = retired.folder_for_map(manager)
-        refs = self._share_objects(jobs)
+        stash = getattr(self._shares, "stash", None)
+        if stash is not None and jobs and stash[0] is jobs[0].fn and stash[1] is self._store:
+            # shared by this map's warm_up: its pins pass to the chunks
+            self._shares.stash = None
+            refs = stash[2]
+        else:
+            refs = self._share_objects(jobs)
         futures: list[Future[ChunkOutcome]] = []
         try:
             for job in jobs:
@@ -225,10 +251,14 @@ class JoblibExecutor(PooledExecutor):
                 warming.add(warm)
             fresh.add(digest)
 
-        refs: dict[int, Reference] = {}
         try:
             refs = store.share(candidates, dump_object, placed) if candidates else {}
-            pinned.extend(refs.values())
+            # pinned for the map's chunks (submit_chunks, or released after the map)
+            self._shares.stash = (call.fn, store, refs)
+            if fresh:
+                # and once more for the warm-ups, until the last one has ended
+                store.pin(refs.values())
+                pinned.extend(refs.values())
             new = [o for o in candidates if id(o) in refs and refs[id(o)][1] in fresh]
             payload = None
             if new:
@@ -244,8 +274,6 @@ class JoblibExecutor(PooledExecutor):
         finally:
             if fresh and not warm.started:
                 warm.abandon()  # unpins; later maps must not wait on it
-            elif not fresh:
-                store.done(list(refs.values()))
         return warming.check()
 
     def _share_objects(self, jobs: list[ChunkJob]) -> dict[int, Reference]:
