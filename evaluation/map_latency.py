@@ -4,7 +4,9 @@ A library calling ``map`` in a loop (per fold, per bootstrap) pays each map's fi
 times. The case: ``--maps`` maps of 50 items that each spin for 200 us of pure Python, on two
 workers, every pool warm. Runners, interleaved block by block in a shuffled (seeded) order:
 
-* ``ce:processes``: ``create_executor(ParallelConfig(enabled=True, strategy="processes"))``
+* ``ce:processes``: ``create_executor(ParallelConfig(enabled=True, strategy="processes"))``,
+  its own chunk plan (after the warm-up maps, two chunks of 25: the items ran steadily), and
+  ``chunksize=13`` as the peers below
 * ``cf:processes``: ``concurrent.futures.ProcessPoolExecutor(2).map`` (``chunksize=1``, its
   default, and ``chunksize=13``, about four chunks per worker as ce-parallel plans)
 * ``loky``: a warm ``loky.get_reusable_executor(2).map``, same two chunk sizes
@@ -52,6 +54,7 @@ def runners() -> tuple[dict[str, Callable[[list[int]], list[int]]], list[Any]]:
     reusable = loky.get_reusable_executor(WORKERS)
     table: dict[str, Callable[[list[int]], list[int]]] = {
         "ce:processes": lambda items: ce.map(spin, items),
+        "ce:processes chunksize=13": lambda items: ce.map(spin, items, chunksize=13),
         "cf:processes": lambda items: list(pool.map(spin, items)),
         "cf:processes chunksize=13": lambda items: list(pool.map(spin, items, chunksize=13)),
         "loky": lambda items: list(reusable.map(spin, items)),
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         for run in table.values():
             for _ in range(20):  # warm: workers started, functions imported
                 assert run(items) == items
+        ce = pools[0]
+        before = ce.metrics.chunks
+        table["ce:processes"](items)
+        ce_chunks = ce.metrics.chunks - before
         for block in range(args.blocks):
             order = list(table)
             random.Random(block).shuffle(order)
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in medians.items():
         print(f"{name:<28}{ms:>10.3f}{ms / best_peer:>13.2f}")
     load_after = os.getloadavg()[0]
+    print(f"ce:processes planned {ce_chunks} chunks a map")
     print(f"load average before {load_before:.1f}, after {load_after:.1f}, {os.cpu_count()} CPUs")
     if args.json:
         with open(args.json, "w") as out:
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     "maps_per_block": args.maps,
                     "items": ITEMS,
                     "spin_s": SPIN_S,
+                    "ce_processes_chunks_per_map": ce_chunks,
                     "ms_per_map_median": {k: round(v, 4) for k, v in medians.items()},
                     "ms_per_map_blocks": {
                         k: [round(x * 1e3, 4) for x in v] for k, v in per_map.items()

@@ -1,4 +1,4 @@
-"""How many items travel to a worker together: the default chunk size.
+"""How many items travel to a worker together: the chunk plan of a map.
 
 One rule for the engine that plans chunks and the cost model that predicts them
 (``selection.estimate_run_s``), so that what is estimated is what runs.
@@ -32,4 +32,38 @@ def default_chunksize(n: int, workers: int, cheap_dispatch: bool = False) -> int
     return size
 
 
-__all__ = ["default_chunksize"]
+def chunk_count(
+    n: int, workers: int, cheap_dispatch: bool = False, steady_item_s: float | None = None
+) -> int:
+    """How many chunks a map of ``n`` items is cut into when the caller sets no chunk size.
+
+    As many as ``default_chunksize`` gives; fewer for a pool that pickles its work when the
+    items are known to cost a steady ``steady_item_s`` each (an earlier map of the same
+    function measured it): then each chunk carries at least ``CHUNK_MIN_WORK_S`` of work, in a
+    multiple of ``workers`` chunks, and never fewer chunks than workers. 50 items of 200 us on
+    two workers run as 2 chunks of 25 instead of 8, which saves six dispatches per map.
+    """
+    workers = max(1, workers)
+    count = math.ceil(n / default_chunksize(n, workers, cheap_dispatch)) if n else 0
+    if steady_item_s is not None and not cheap_dispatch and count > workers:
+        enough = math.floor(n * steady_item_s / heuristics.CHUNK_MIN_WORK_S)
+        count = min(count, max(workers, enough - enough % workers))
+    return count
+
+
+def even_ranges(n: int, count: int) -> list[tuple[int, int]]:
+    """``n`` items cut into ``count`` consecutive ``(start, stop)`` ranges whose sizes differ
+    by at most one, the larger first: 50 items in 8 chunks are 7, 7, 6, 6, 6, 6, 6, 6 (each of
+    two workers runs 25), where chunks of a fixed 7 would be 7 x 7 and a last 1 (28 and 22)."""
+    count = max(1, min(count, n))
+    size, larger = divmod(n, count)
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for i in range(count):
+        stop = start + size + (1 if i < larger else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges if n else []
+
+
+__all__ = ["chunk_count", "default_chunksize", "even_ranges"]

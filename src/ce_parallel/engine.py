@@ -24,11 +24,13 @@ import threading
 import time
 import warnings
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future
 from typing import Any
 
 from . import telemetry
+from .answers import Answers
+from .costs import function_key
 from .errors import (
     BackendUnavailableError,
     ExecutorClosedError,
@@ -37,6 +39,7 @@ from .errors import (
 )
 from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_executor
 from .handoff import lost_chunks_error, record_fallback, start_failed
+from .heuristics import CHUNK_STEADY_SPREAD
 from .serial_loop import check_call
 from .warmup import PoolWarmUps
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
@@ -44,8 +47,14 @@ from .worker import ChunkJob, ChunkOutcome, WorkerSetup
 #: How often (seconds) a waiting ``map`` wakes to check its deadline and cancel flag; this
 #: bounds how late a timeout, ``cancel()`` or ``shutdown(cancel=True)`` is noticed.
 POLL_INTERVAL_S = 0.05
+#: How many functions' steady item costs an executor keeps for planning chunks.
+ITEM_COSTS_SIZE = 64
 
 _last_map = threading.local()
+
+
+def _keep(_dead: object) -> None:
+    """A collected function's entry stays until its executor's bounded memory is cleared."""
 
 
 def caller_items_of_last_map() -> int:
@@ -78,6 +87,11 @@ class PooledExecutor(ParallelExecutor):
 
     #: the pool's warm-ups that may still run (a strategy that warms its workers sets it)
     _warming: PoolWarmUps | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: seconds per item in the workers, per function (weak key) whose last map ran steadily
+        self._item_costs: Answers[Hashable, float] = Answers(ITEM_COSTS_SIZE)
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -126,20 +140,42 @@ class PooledExecutor(ParallelExecutor):
         warming = self._warming
         return True if warming is None else warming.wait(timeout)
 
-    def plan_chunks(self, n: int, chunksize: int | None) -> list[tuple[int, int]]:
+    def plan_chunks(
+        self, n: int, chunksize: int | None, steady_item_s: float | None = None
+    ) -> list[tuple[int, int]]:
         """Cut ``n`` items into ``(start, stop)`` ranges for ``self.workers`` workers.
 
-        Called after ``start_pool``, so a pool that learns its size on start (a Dask cluster)
-        is planned for its real size.
+        A chunk size given by the call or the config is kept as given. Otherwise the items are
+        cut into ``chunks.chunk_count`` ranges of equal size (within one item), fewer when an
+        earlier map of the same function measured a ``steady_item_s``. Called after
+        ``start_pool``, so a pool that learns its size on start (a Dask cluster) is planned for
+        its real size.
         """
-        from .executor import default_chunksize
+        from .chunks import chunk_count, even_ranges
 
-        size = (
-            chunksize
-            or self.config.instance_chunk_size
-            or default_chunksize(n, self.workers, cheap_dispatch=not self.record.pickles_work)
-        )
-        return [(start, min(start + size, n)) for start in range(0, n, size)]
+        size = chunksize or self.config.instance_chunk_size
+        if size:
+            return [(start, min(start + size, n)) for start in range(0, n, size)]
+        cheap = not self.record.pickles_work
+        return even_ranges(n, chunk_count(n, self.workers, cheap, steady_item_s))
+
+    def _steady_item_s(self, key: Hashable | None) -> float | None:
+        """Seconds per item the last map of the function under ``key`` took in the workers, if
+        that map ran steadily (``heuristics.CHUNK_STEADY_SPREAD``)."""
+        if key is None:
+            return None
+        return self._item_costs.get(key)
+
+    def _note_item_costs(self, key: Hashable | None, per_item: list[float]) -> None:
+        """Remember how steadily the function under ``key`` ran in the workers' chunks."""
+        if key is None or len(per_item) < 2 or not self.record.pickles_work:
+            return
+        mean = sum(per_item) / len(per_item)
+        steady = mean > 0 and (max(per_item) - min(per_item)) / mean <= CHUNK_STEADY_SPREAD
+        if steady:
+            self._item_costs.put(key, mean)
+        else:
+            self._item_costs.pop(key, None)
 
     def worker_setup(self) -> WorkerSetup:
         """The once-per-worker set-up that travels with every chunk of this executor."""
@@ -190,10 +226,11 @@ class PooledExecutor(ParallelExecutor):
             helped = self._help_while_warming(call, work, seeds, setup)
             caller_items = len(helped)
             head = [(0, caller_items)] if caller_items else []
-            chunks = head + [
-                (a + caller_items, b + caller_items)
-                for a, b in self.plan_chunks(len(work) - caller_items, call.chunksize)
-            ]
+            key = function_key(call.fn, _keep) if self.record.pickles_work else None
+            planned = self.plan_chunks(
+                len(work) - caller_items, call.chunksize, self._steady_item_s(key)
+            )
+            chunks = head + [(a + caller_items, b + caller_items) for a, b in planned]
             self.metrics.add(chunks=len(chunks))
             outcomes: list[list[Any] | None] = [helped] if head else []
             outcomes += [None] * (len(chunks) - len(head))
@@ -207,14 +244,17 @@ class PooledExecutor(ParallelExecutor):
                 failures = {i: exc for i in range(len(head), len(chunks))}
             else:
                 rest = outcomes[len(head) :]
+                per_item: list[float] = []
                 try:
-                    busy, lost = self._collect(futures, sent, rest, call)
+                    busy, lost = self._collect(futures, sent, rest, call, per_item)
                 finally:
                     # every chunk this map still needs has finished: thread workers busy with
                     # a chunk it dropped (after an error, timeout, cancel) take no new item
                     stop.set()
                     outcomes[len(head) :] = rest
                 failures = {i + len(head): exc for i, exc in lost.items()}
+                if not failures:
+                    self._note_item_costs(key, per_item)
             if failures:
                 fallbacks = 1
                 self._fall_back(call, work, seeds, chunks, outcomes, failures)
@@ -322,8 +362,11 @@ class PooledExecutor(ParallelExecutor):
         chunks: list[tuple[int, int]],
         outcomes: list[list[Any] | None],
         call: MapCall,
+        per_item: list[float],
     ) -> tuple[float, dict[int, BaseException]]:
         """Wait for every chunk; return busy seconds and the chunks the machinery lost.
+
+        Appends each finished chunk's busy seconds per item to ``per_item``.
 
         On the first user error the chunks not yet running are cancelled; running chunks before
         it are awaited so that the error raised is the one the serial loop would raise.
@@ -381,6 +424,7 @@ class PooledExecutor(ParallelExecutor):
                             )
                             continue
                         outcomes[i] = part
+                        per_item.append(outcome.busy_seconds / (b - a))
                         finished += b - a
                         if call.bar is not None:
                             call.bar.update(b - a)

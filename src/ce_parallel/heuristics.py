@@ -27,6 +27,14 @@ class Heuristic:
 #: Chunks per worker when the caller gives no chunk size: few enough that dispatch costs stay
 #: negligible on tiny items, enough that one slow chunk does not leave the other workers idle.
 CHUNKS_PER_WORKER = 4
+#: Least measured work, in seconds, a chunk of a pool that pickles its work carries when an
+#: earlier map of the same function ran steadily: a chunk's dispatch (about
+#: ``PROCESS_CHUNK_OVERHEAD_S``) then stays near 5% of it, and a short map is cut into fewer,
+#: equal chunks instead of ``CHUNKS_PER_WORKER`` per worker.
+CHUNK_MIN_WORK_S = 0.005
+#: Largest spread of the seconds per item between an earlier map's chunks, relative to their
+#: mean, for which that map counts as steady (see ``CHUNK_MIN_WORK_S``).
+CHUNK_STEADY_SPREAD = 0.25
 
 # --- the conservative facade (facade.py) ---------------------------------------------------
 #: Fewest instances for which the facade goes parallel when the config sets no
@@ -134,6 +142,29 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "4 chunks per worker is best on tiny for processes (4.2 ms; 1: 4.9, 16: 13.8, "
         "chunksize=1: 19,876 ms) and threads, best on 16 x 100 ms with processes, and within "
         "13% of the best on 200 x 5 ms",
+    ),
+    Heuristic(
+        "CHUNK_MIN_WORK_S",
+        CHUNK_MIN_WORK_S,
+        "A chunk on a pool that pickles its work costs about PROCESS_CHUNK_OVERHEAD_S (250 us) "
+        "to dispatch; at 5 ms of work that is 5%. Only maps of steady items (an earlier map's "
+        "chunks agreed within CHUNK_STEADY_SPREAD) are cut coarser, so balance is not lost on "
+        "items of uneven cost; maps of more than CHUNKS_PER_WORKER x workers x 5 ms keep the "
+        "usual chunks.",
+        "python evaluation/map_latency.py --maps 500 --blocks 5 "
+        "(evaluation/results/map_latency.json), 50 x 200 us on 2 warm workers: ce:processes "
+        "6.01 ms a map with its 2 planned chunks, 6.66 ms with chunksize=13 (4 chunks); "
+        "cf.ProcessPoolExecutor 8.85 ms (chunksize=1), 6.59 ms (chunksize=13); loky 6.35 ms "
+        "(chunksize=13)",
+    ),
+    Heuristic(
+        "CHUNK_STEADY_SPREAD",
+        CHUNK_STEADY_SPREAD,
+        "Chunks whose seconds per item differ by more than a quarter of their mean are taken for "
+        "items of uneven cost (or a busy machine), where fewer chunks would leave a worker "
+        "idle; such a map gets the usual chunks again.",
+        "a judgement, not a measurement: it is the share of one worker's time that a last "
+        "chunk may leave another idle under CHUNKS_PER_WORKER = 4",
     ),
     Heuristic(
         "SINGLE_ITEM_CHUNKS_MAX",

@@ -67,3 +67,62 @@ def test_a_pool_that_pickles_nothing_sends_a_short_map_one_item_per_chunk() -> N
     with create_executor(ParallelConfig(enabled=True, strategy="threads", max_workers=2)) as ex:
         assert ex.map(abs, list(range(-16, 16))) == [abs(x) for x in range(-16, 16)]
         assert ex.metrics.chunks == 32
+
+
+@pytest.mark.parametrize("n", [1, 7, 50, 51, 1000])
+@pytest.mark.parametrize("count", [1, 2, 8, 13])
+def test_even_ranges_cover_every_item_once_in_chunks_within_one_item(n: int, count: int) -> None:
+    from ce_parallel.chunks import even_ranges
+
+    ranges = even_ranges(n, count)
+    assert [i for a, b in ranges for i in range(a, b)] == list(range(n))
+    sizes = [b - a for a, b in ranges]
+    assert len(ranges) == min(n, count)
+    assert max(sizes) - min(sizes) <= 1
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_fifty_items_on_two_workers_give_each_worker_twenty_five() -> None:
+    from ce_parallel.chunks import chunk_count, even_ranges
+
+    sizes = [b - a for a, b in even_ranges(50, chunk_count(50, 2))]
+    assert sizes == [7, 7, 6, 6, 6, 6, 6, 6]
+
+
+def test_steady_cheap_items_are_cut_into_fewer_chunks_only_where_pickled() -> None:
+    from ce_parallel.chunks import chunk_count
+    from ce_parallel.heuristics import CHUNK_MIN_WORK_S
+
+    assert chunk_count(50, 2) == 8
+    # 10 ms of work: two chunks of 5 ms
+    assert chunk_count(50, 2, steady_item_s=CHUNK_MIN_WORK_S / 25) == 2
+    # 20 ms of work: four chunks, a multiple of the workers
+    assert chunk_count(50, 2, steady_item_s=CHUNK_MIN_WORK_S / 12.5) == 4
+    # never fewer chunks than workers, however little the work
+    assert chunk_count(50, 3, steady_item_s=1e-9) == 3
+    # enough work for the usual chunks: the usual chunks
+    assert chunk_count(50, 2, steady_item_s=0.1) == 8
+    # a pool that pickles nothing keeps its one-item chunks
+    assert chunk_count(50, 2, cheap_dispatch=True, steady_item_s=1e-6) == 50
+    assert chunk_count(0, 2) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_steady_earlier_map_plans_fewer_chunks_and_an_unsteady_one_the_usual() -> None:
+    from ce_parallel.costs import function_key
+    from ce_parallel.heuristics import CHUNK_MIN_WORK_S
+
+    items = list(range(50))
+    config = ParallelConfig(enabled=True, strategy="processes", max_workers=2)
+    with create_executor(config) as ex:
+        key = function_key(abs, lambda _: None)
+        # what the workers measured on an earlier map, injected: 25 items fill a chunk
+        ex._note_item_costs(key, [CHUNK_MIN_WORK_S / 25] * 8)
+        assert ex.map(abs, items) == items
+        assert ex.metrics.chunks == 2
+        assert ex.map(abs, items, chunksize=5) == items  # a chunk size asked for is kept
+        assert ex.metrics.chunks == 2 + 10
+        ex._note_item_costs(key, [CHUNK_MIN_WORK_S / 25, CHUNK_MIN_WORK_S / 10])
+        chunks = ex.metrics.chunks
+        assert ex.map(abs, items) == items
+        assert ex.metrics.chunks - chunks == 8
