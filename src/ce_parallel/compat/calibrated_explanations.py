@@ -46,7 +46,6 @@ from ..config import ENV_MAIN
 from ..config import ParallelConfig as CoreConfig
 from ..errors import ConfigurationError
 from ..executor import ParallelExecutor as CoreExecutor
-from ..executor import default_chunksize
 from ..facade import ParallelFacade
 from ..heuristics import CE_INSTANCE_CHUNK_ROWS, FACADE_MIN_INSTANCES
 from ..metrics import ParallelMetrics
@@ -264,14 +263,13 @@ class ParallelExecutor:
         features): the count rules weigh it while nothing is known of the cost (after a first
         run the facade decides from what it measured). ``workers`` caps the pool size (a
         different value replaces the pool). ``chunksize`` is how many items travel to a worker
-        together; by default the items are split evenly over the workers, so tasks that share
-        one explainer pickle it once per chunk.
+        together; by default the engine plans it (``PooledExecutor.plan_chunks``: chunks of
+        equal size, a multiple of the workers).
         """
         check_int("workers", workers, 1)
         self.config.validate()
         work = list(items)
         facade = self._facade_for(workers)
-        size = chunksize or default_chunksize(len(work), _workers(facade))
         # the calibrator cache is reset before a pool that pickles work first starts
         self._reset_cache_for(facade.target_strategy())
         fallbacks_before = self.metrics.fallbacks
@@ -280,7 +278,7 @@ class ParallelExecutor:
                 fn,
                 work,
                 n_instances=work_items if work_items is not None else len(work),
-                chunksize=size,
+                chunksize=chunksize,
             )
         finally:
             if self.metrics.fallbacks > fallbacks_before:
@@ -387,11 +385,6 @@ class ParallelExecutor:
             facade, self._facade, self._facade_key = self._facade, None, None
         if facade is not None:
             facade.close(cancel=cancel)
-
-
-def _workers(facade: ParallelFacade) -> int:
-    cap = facade.config.max_workers
-    return cap if cap is not None else facade.resources.budget.count
 
 
 __all__ = ["ParallelConfig", "ParallelExecutor"]
