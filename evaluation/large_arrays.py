@@ -25,6 +25,14 @@ our shared-memory segments hold in ``/dev/shm`` (which no process's USS counts).
 Case ``threshold``: ``ce:processes`` shared vs pickled over 32 arrays of several sizes, the
 evidence for ``heuristics.SHARED_ARRAY_MIN_BYTES``.
 
+Case ``results``: 32 items that each return a new 8 MB array (``np.full``), the other way
+round: ``loop``, ``ce:processes`` and ``ce:joblib`` (large result buffers come back through
+``/dev/shm`` files, ``result_segments``), ``ce:processes-pipe`` (the same with the result
+threshold raised above the arrays' size in the workers: through loky's result pipe, as before),
+``cf:processes`` and ``joblib.Parallel``; interleaved and shuffled as above. Case
+``result_threshold``: one result array per item of several sizes (about 64 MB in all), files
+against the pipe, the evidence for ``heuristics.RESULT_SEGMENT_MIN_BYTES``.
+
 Usage::
 
     python evaluation/large_arrays.py [--repeats 5] [--scale 1.0] [--out-dir evaluation/results]
@@ -269,6 +277,91 @@ def run_threshold(repeats: int, scale: float) -> dict[str, Any]:
     return out
 
 
+def full_of(i: int, size: int) -> Any:
+    """A new float64 array of ``size`` elements, all ``i``: a large result."""
+    return np.full(size, float(i))
+
+
+def _result_threshold(min_bytes: int) -> None:
+    # a worker initializer: the workers read the threshold, not the caller
+    heuristics.RESULT_SEGMENT_MIN_BYTES = min_bytes
+
+
+def _ce_results(strategy: str, min_bytes: int | None = None) -> Any:
+    config = ParallelConfig(enabled=True, strategy=strategy, max_workers=WORKERS)
+    if min_bytes is not None:
+        config = config.replace(worker_initializer=_result_threshold, worker_init_args=(min_bytes,))
+    return create_executor(config)
+
+
+def run_results(repeats: int, scale: float) -> dict[str, Any]:
+    from joblib import Parallel, delayed
+
+    size = max(1, int(1_000_000 * scale))
+    make = functools.partial(full_of, size=size)
+    items = list(range(32))
+    pools = {
+        "ce:processes": _ce_results("processes"),
+        "ce:processes-pipe": _ce_results("processes", NEVER),
+        "ce:joblib": _ce_results("joblib"),
+        "cf:processes": cf.ProcessPoolExecutor(WORKERS),
+    }
+    runners: dict[str, Callable[[], list[Any]]] = {
+        "loop": lambda: [make(i) for i in items],
+        "ce:processes": lambda: pools["ce:processes"].map(make, items),
+        "ce:processes-pipe": lambda: pools["ce:processes-pipe"].map(make, items),
+        "ce:joblib": lambda: pools["ce:joblib"].map(make, items),
+        "cf:processes": lambda: list(pools["cf:processes"].map(make, items)),
+        "joblib.Parallel": lambda: Parallel(n_jobs=WORKERS)(delayed(make)(i) for i in items),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    try:
+        for run in runners.values():
+            run()  # warm: workers started, numpy imported
+        for repeat in range(repeats):
+            order = list(runners)
+            random.Random(repeat).shuffle(order)
+            for name in order:
+                seconds, got = _timed(runners[name])
+                assert [float(a[0]) for a in got] == [float(i) for i in items], name
+                del got
+                times[name].append(seconds)
+        fallbacks = {k: v.metrics.fallbacks for k, v in pools.items() if k.startswith("ce:")}
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    loop = statistics.median(times["loop"])
+    return {
+        "items": len(items),
+        "array_bytes": size * 8,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "ratio_vs_loop": {k: loop / statistics.median(v) for k, v in times.items()},
+        "all_s": times,
+        "fallbacks": fallbacks,
+    }
+
+
+def run_result_threshold(repeats: int, scale: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kib in (64, 256, 1024, 4096):
+        nbytes = max(8, int(kib * 1024 * scale))
+        items = [nbytes // 8] * max(16, int(64 * 1024 * 1024 * scale) // nbytes)
+        row: dict[str, Any] = {"items": len(items)}
+        for mode, threshold in (("files", 1), ("pipe", NEVER)):
+            ex = _ce_results("processes", threshold)
+            try:
+                ex.map(np.ones, items)  # warm
+                times = []
+                for _ in range(repeats):
+                    seconds, _ = _timed(lambda: ex.map(np.ones, items))  # noqa: B023
+                    times.append(seconds)
+            finally:
+                ex.shutdown()
+            row[mode] = statistics.median(times)
+        out[str(nbytes)] = row
+    return out
+
+
 def write_md(results: dict[str, Any], path: str) -> None:
     p, b, t = results["payload"], results["bound"], results["threshold"]
     mb = 1024 * 1024
@@ -339,6 +432,34 @@ def write_md(results: dict[str, Any], path: str) -> None:
     for nbytes, row in t.items():
         shared, pickled = row["shared"] * 1e3, row["pickled"] * 1e3
         lines.append(f"| {int(nbytes):,} | {shared:.1f} | {pickled:.1f} |")
+    r, rt = results["results"], results["result_threshold"]
+    loop_r = r["median_s"]["loop"]
+    lines += [
+        "",
+        f"## Results: 32 items that each return a new {r['array_bytes'] / mb:.1f} MiB array",
+        "",
+        "`ce:processes-pipe` is `ce:processes` with the result threshold raised above the "
+        "arrays' size in its workers: the results come back through loky's pipe.",
+        "",
+        "| runner | median ms | x loop |",
+        "|---|---:|---:|",
+    ]
+    for name, seconds in r["median_s"].items():
+        lines.append(f"| {name} | {seconds * 1e3:.1f} | {loop_r / seconds:.2f} |")
+    lines += [
+        "",
+        f"Fallbacks on the ce executors: {r['fallbacks']}.",
+        "",
+        "## Result threshold: ce:processes, one result array per item, files vs pipe (median ms)",
+        "",
+        "| array bytes | items | files | pipe | pipe / files |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for nbytes, row in rt.items():
+        files, pipe = row["files"] * 1e3, row["pipe"] * 1e3
+        lines.append(
+            f"| {int(nbytes):,} | {row['items']} | {files:.1f} | {pipe:.1f} | {pipe / files:.2f} |"
+        )
     lines.append("")
     with open(path, "w") as fh:
         fh.write("\n".join(lines))
@@ -375,7 +496,7 @@ def write_png(results: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right, back) = plt.subplots(1, 3, figsize=(18, 4.5))
     ratios = results["payload"]["ratio_vs_loop"]
     names = list(ratios)
     left.barh(names, [ratios[n] for n in names], color="tab:blue")
@@ -397,6 +518,13 @@ def write_png(results: dict[str, Any], path: str) -> None:
     right.set_ylabel("peak MiB, parent + children")
     right.set_title(f"{bound['array_bytes'] / mb:.0f} MB array bound into a partial")
     right.legend()
+    returned = results["results"]["ratio_vs_loop"]
+    names = list(returned)
+    back.barh(names, [returned[n] for n in names], color="tab:green")
+    back.axvline(1.0, color="black", lw=0.8)
+    back.set_xscale("log")
+    back.set_xlabel("speed vs the plain loop (log; above 1 is faster)")
+    back.set_title("32 results of a new 8 MB array each")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -427,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     results["bound"] = run_bound(args.repeats, args.scale)
     results["payload"] = run_payload(args.repeats, args.scale)
     results["threshold"] = run_threshold(args.repeats, args.scale)
+    results["results"] = run_results(args.repeats, args.scale)
+    results["result_threshold"] = run_result_threshold(args.repeats, args.scale)
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "large_arrays.json"), "w") as fh:

@@ -26,7 +26,7 @@ import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import telemetry
 from .answers import Answers
@@ -41,8 +41,12 @@ from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_ex
 from .handoff import lost_chunks_error, record_fallback, start_failed
 from .heuristics import CHUNK_STEADY_SPREAD
 from .serial_loop import check_call
+from .shared_arrays import sharing_possible
 from .warmup import PoolWarmUps
 from .worker import ChunkJob, ChunkOutcome, WorkerSetup
+
+if TYPE_CHECKING:
+    from .result_segments import Tracker
 
 #: How often (seconds) a waiting ``map`` wakes to check its deadline and cancel flag; this
 #: bounds how late a timeout, ``cancel()`` or ``shutdown(cancel=True)`` is noticed.
@@ -87,6 +91,10 @@ class PooledExecutor(ParallelExecutor):
 
     #: the pool's warm-ups that may still run (a strategy that warms its workers sets it)
     _warming: PoolWarmUps | None = None
+    #: whether the workers send large result buffers back through ``/dev/shm`` files
+    #: (``result_segments``), and the resource tracker they share with the caller: child
+    #: processes of this machine
+    _results_through_files: ClassVar[Tracker | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -194,6 +202,7 @@ class PooledExecutor(ParallelExecutor):
             init_args=tuple(self.config.worker_init_args or ()),
             caller_pid=os.getpid(),
             watch_parent=record.separate_processes,
+            share_results=self._results_through_files if sharing_possible() else None,
         )
 
     # -- the engine -------------------------------------------------------------------------

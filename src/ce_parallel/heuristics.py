@@ -101,6 +101,9 @@ PROCESS_BYTES_PER_S = 400e6
 #: Smallest NumPy array, in bytes, that the process strategy sends through shared memory
 #: (``shared_arrays``) instead of pickling it into every chunk that holds it.
 SHARED_ARRAY_MIN_BYTES = 256 * 1024
+#: Smallest buffer, in bytes, that a process worker sends back in a result through a file
+#: under ``/dev/shm`` (``result_segments``) instead of through the pool's result pipe.
+RESULT_SEGMENT_MIN_BYTES = 256 * 1024
 #: Arrays below this many bytes are pickled to and from process workers with
 #: ``ndarray.__reduce__`` (rebuilt in C) rather than protocol 5's per-array Python call.
 SMALL_ARRAY_PICKLE_BYTES = 64 * 1024
@@ -165,6 +168,18 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "idle; such a map gets the usual chunks again.",
         "a judgement, not a measurement: it is the share of one worker's time that a last "
         "chunk may leave another idle under CHUNKS_PER_WORKER = 4",
+    ),
+    Heuristic(
+        "RESULT_SEGMENT_MIN_BYTES",
+        RESULT_SEGMENT_MIN_BYTES,
+        "A result buffer written to a /dev/shm file by the worker and mapped copy-on-write by "
+        "the caller costs one copy and a file's creation; through loky's result pipe it is "
+        "copied about five times. The files win from 64 KiB on; 256 KiB keeps the count of "
+        "files (and resource-tracker messages) per result low.",
+        "python evaluation/large_arrays.py --repeats 9 (evaluation/results/large_arrays.md, "
+        "'Result threshold' table), one result array per item on 2 process workers, files "
+        "against the pipe: 64 KiB x 1024 items 45.9 against 159.4 ms, 256 KiB x 256 41.0 "
+        "against 112.5 ms, 1 MiB x 64 32.2 against 94.4 ms, 4 MiB x 16 24.2 against 112.5 ms",
     ),
     Heuristic(
         "SINGLE_ITEM_CHUNKS_MAX",

@@ -333,10 +333,11 @@ def _place(array: Any) -> Handle | None:
     return name, tuple(array.shape), array.dtype, order, nbytes
 
 
-def new_file(prefix: str, nbytes: int) -> tuple[int, str] | None:
+def new_file(prefix: str, nbytes: int, tracker: Any = None) -> tuple[int, str] | None:
     """A new file under ``SHM_DIR`` for ``nbytes``, open for writing: ``(fd, name)``.
 
-    None when the file system lacks room (``SHM_RESERVE_BYTES`` kept free) or refuses.
+    None when the file system lacks room (``SHM_RESERVE_BYTES`` kept free) or refuses. The file
+    is registered with ``tracker`` (a resource tracker module; default the loky package's).
     """
     try:
         stats = os.statvfs(SHM_DIR)
@@ -346,7 +347,7 @@ def new_file(prefix: str, nbytes: int) -> tuple[int, str] | None:
         return None
     name = f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
     path = os.path.join(SHM_DIR, name)
-    tracker = _tracker()
+    tracker = tracker or _tracker()
     # registered before the file exists: a parent killed in between leaves the tracker a name
     # to remove, never a file nobody will remove
     tracker.register(path, "file")

@@ -11,15 +11,19 @@ import gc
 import io
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import length_hint
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RemoteError
+
+if TYPE_CHECKING:
+    from .result_segments import FileBuffers, Tracker
 
 #: Set in the environment of process workers we start, so that anything they launch in turn
 #: also knows it is inside a ce-parallel worker. Deliberately not ``CE_``-prefixed: libraries
@@ -76,6 +80,9 @@ class WorkerSetup:
     #: pid of the process that owns the pool
     caller_pid: int = 0
     watch_parent: bool = False
+    #: large arrays in results come back through files the caller maps (``result_segments``),
+    #: registered with this kind of resource tracker; None: through the pool's pipe
+    share_results: Tracker | None = None
 
 
 @dataclass
@@ -117,6 +124,30 @@ class ChunkOutcome:
     #: a failure of the machinery in the worker (results that cannot be pickled back): the
     #: chunk is lost, not failed by the user's code
     machinery_error: BaseException | None = None
+    #: the files holding ``packed``'s out-of-band buffers (``result_segments``)
+    result_files: tuple[tuple[str, int], ...] = ()
+    #: the resource tracker the worker registered them with
+    result_tracker: Tracker = "loky"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # rebuilt in the caller (the pool's result thread): claim the result files now, so that
+        # none outlives its outcome, whoever reads it; never raise here (loky would break the
+        # pool), a file that cannot be claimed makes the chunk lost
+        self.__dict__.update(state)
+        self._buffers: list[Any] = []
+        if self.result_files:
+            from .result_segments import claim
+
+            try:
+                self._buffers = claim(list(self.result_files), self.result_tracker)
+            except OSError as exc:
+                from .errors import SerializationError
+
+                self.packed = None
+                self.machinery_error = SerializationError(
+                    f"the results of the chunk at item {self.start} could not be read back "
+                    f"from shared memory ({type(exc).__name__}: {exc})"
+                )
 
     def take_results(self) -> list[Any] | None:
         """The chunk's results, unpickled here if the worker packed them.
@@ -126,7 +157,8 @@ class ChunkOutcome:
         """
         if self.packed is None:
             return self.results
-        return unpack_results(self.packed, self.packed_count, self.start)
+        buffers = getattr(self, "_buffers", None)
+        return unpack_results(self.packed, self.packed_count, self.start, buffers)
 
 
 @contextlib.contextmanager
@@ -147,7 +179,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def pack_results(results: list[Any]) -> bytes | None:
+def pack_results(results: list[Any], files: FileBuffers | None = None) -> bytes | None:
     """Pickle a process worker's results here, the collector paused.
 
     The pool then sends one bytes object and the parent unpickles it with the collector paused
@@ -160,11 +192,14 @@ def pack_results(results: list[Any]) -> bytes | None:
     one, so it knows which result failed. That costs about 0.3 us a result on each side, small
     against a process round trip. The standard pickler is tried first (fastest); cloudpickle
     takes what it cannot (a class defined in ``__main__`` of the caller). None when neither can.
+    With ``files``, the standard pickler sends large buffers out of band through them
+    (``result_segments``); ``files.files`` then lists them.
     """
     try:
-        return _dump_each(pickle.Pickler, results, fast_arrays=True)
+        return _dump_each(pickle.Pickler, results, fast_arrays=True, files=files)
     except Exception:
-        pass
+        if files is not None:
+            files.remove()
     try:
         import cloudpickle
 
@@ -173,9 +208,11 @@ def pack_results(results: list[Any]) -> bytes | None:
         return None
 
 
-def _dump_each(pickler: Any, results: list[Any], fast_arrays: bool = False) -> bytes:
+def _dump_each(
+    pickler: Any, results: list[Any], fast_arrays: bool = False, files: FileBuffers | None = None
+) -> bytes:
     buffer = io.BytesIO()
-    made = pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    made = pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=files)
     if fast_arrays:
         # (not for cloudpickle, whose own table must stay in place)
         from .array_reduce import use_fast_arrays
@@ -188,15 +225,18 @@ def _dump_each(pickler: Any, results: list[Any], fast_arrays: bool = False) -> b
     return buffer.getvalue()
 
 
-def unpack_results(packed: bytes, count: int, start: int) -> list[Any]:
-    """The ``count`` results ``pack_results`` packed for the chunk starting at item ``start``.
+def unpack_results(
+    packed: bytes, count: int, start: int, buffers: Sequence[Any] | None = None
+) -> list[Any]:
+    """The ``count`` results ``pack_results`` packed for the chunk starting at item ``start``;
+    ``buffers`` are the ones it sent out of band, in order.
 
     Raises ``SerializationError`` (``item_index`` the failing result's item, ``incomplete`` the
     whole chunk, whose results are all withheld) when a result cannot be rebuilt, or when the
     bytes hold another number of results than the chunk has items.
     """
     buffer = io.BytesIO(packed)
-    load = pickle.Unpickler(buffer).load
+    load = pickle.Unpickler(buffer, buffers=buffers or None).load
     results: list[Any] = []
     with gc_paused():
         for offset in range(count):
@@ -448,6 +488,20 @@ def _unpicklable_result(results: list[Any]) -> BaseException | None:
     return None
 
 
+def _result_files(job: ChunkJob) -> FileBuffers | None:
+    """Where a process worker sends its results' large buffers, if anywhere."""
+    setup = job.setup
+    if not job.check_pickle or setup is None or not setup.share_results:
+        return None
+    if os.getpid() == setup.caller_pid:  # a thread of the caller: the outcome is not pickled
+        return None
+    if "numpy" not in sys.modules:  # no array can be in the results
+        return None
+    from .result_segments import FileBuffers, pool_prefix
+
+    return FileBuffers(pool_prefix(setup.caller_pid, setup.token), setup.share_results)
+
+
 def run_chunk(job: ChunkJob) -> ChunkOutcome:
     """Run one chunk in a worker. User exceptions come back as data, never as a raise."""
     started = time.perf_counter()
@@ -468,7 +522,8 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
     busy = time.perf_counter() - started
     hooks = _take_hook_report() if _hook_report is not None else None
     if exc is None:
-        packed = pack_results(results) if job.check_pickle else None
+        files = _result_files(job)
+        packed = pack_results(results, files) if job.check_pickle else None
         if job.check_pickle and packed is None:
             unsendable = _unpicklable_result(results)
             if unsendable is not None:
@@ -488,6 +543,8 @@ def run_chunk(job: ChunkJob) -> ChunkOutcome:
             fork_hooks=hooks,
             packed=packed,
             packed_count=len(results),
+            result_files=() if files is None else tuple(files.files),
+            result_tracker="loky" if files is None else files.kind,
         )
     assert offset is not None
     remote_tb = _format(exc) if job.check_pickle else None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,6 +35,7 @@ from .. import telemetry
 from .._loky import joblib_start_context
 from ..engine import PooledExecutor
 from ..executor import MapCall
+from ..result_segments import remove_pool_files
 from ..shared_arrays import run_shared_chunk, sharing_possible
 from ..shared_objects import (
     SCAN_ITEMS,
@@ -92,6 +94,7 @@ class JoblibExecutor(PooledExecutor):
     """Runs chunks on joblib's loky backend, kept configured across maps."""
 
     name = "joblib"
+    _results_through_files = "joblib"
     _parallel: Any = None
     _thread_executor: PooledExecutor | None = None
     _retired: RetiredFolders | None = None
@@ -291,6 +294,8 @@ class JoblibExecutor(PooledExecutor):
         if threads is not None:
             threads.shutdown(cancel=kill)
         self._release_joblib(kill)
+        # results written by a worker that died before sending them
+        remove_pool_files(os.getpid(), self._token, "joblib")
 
     def _release_joblib(self, kill: bool) -> None:
         with self._pool_lock:

@@ -25,6 +25,7 @@ from .._loky import loky_package_context
 from ..engine import PooledExecutor
 from ..executor import MapCall
 from ..resources import numeric_thread_env, threads_per_worker
+from ..result_segments import remove_pool_files
 from ..shared_arrays import MapSegments, run_shared_chunk, sharing_possible
 from ..shared_objects import SCAN_ITEMS, ObjectStore, first_items
 from ..warmup import PoolWarmUps, WarmUps, warm_ups_at_once
@@ -42,6 +43,7 @@ class ProcessExecutor(PooledExecutor):
     """Runs chunks in worker processes (loky), for GIL-bound Python work."""
 
     name = "processes"
+    _results_through_files = "loky"
     _pool: Any = None
     _map_local: threading.local | None = None
     _live_segments: set[MapSegments] | None = None
@@ -186,6 +188,8 @@ class ProcessExecutor(PooledExecutor):
             self._warming = None
         if pool is not None:
             pool.shutdown(wait=True, kill_workers=kill)
+            # results written by a worker that died before sending them
+            remove_pool_files(os.getpid(), self._token)
         if store is not None:
             # after the workers: a chunk still running may yet read its objects
             store.release()
