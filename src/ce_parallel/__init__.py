@@ -50,6 +50,8 @@ _LAZY: dict[str, str] = {
     "CeFuturesExecutor": ".futures",
     "foreign_worker": ".nesting",
     "resolve_n_jobs": ".njobs",
+    "shared_empty": ".file_arrays",
+    "as_shared": ".file_arrays",
 }
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from .engine import PooledExecutor
     from .executor import ParallelExecutor, create_executor
     from .facade import ParallelFacade
+    from .file_arrays import as_shared, shared_empty
     from .forksafety import register_fork_hook
     from .futures import CeFuturesExecutor
     from .metrics import ParallelMetrics
@@ -113,6 +116,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkloadProfile",
     "__version__",
+    "as_shared",
     "cpu_budget",
     "create_executor",
     "foreign_worker",
@@ -122,5 +126,6 @@ __all__ = [
     "release_shared_pools",
     "resolve_n_jobs",
     "select_strategy",
+    "shared_empty",
     "strategy_names",
 ]

@@ -71,7 +71,8 @@ def sharing_possible() -> bool:
 
 def _array_reducers(reduce: Callable[[Any], Any]) -> dict[type, Callable[[Any], Any]]:
     numpy = sys.modules.get("numpy")
-    return {} if numpy is None else {numpy.ndarray: reduce}
+    # a memmap is a subclass, which a pickler's table does not match by its base class
+    return {} if numpy is None else {numpy.ndarray: reduce, numpy.memmap: reduce}
 
 
 def segment_files(pid: int | None = None) -> list[str]:
@@ -120,6 +121,8 @@ class MapSegments:
         self._shared: list[Any] = []
         self._fresh: list[Any] = []
         self._objects_prepared = False
+        # arrays sent by the name of the file they live in (``file_arrays``)
+        self._kept: list[Any] = []
 
     @property
     def count(self) -> int:
@@ -201,6 +204,17 @@ class MapSegments:
         return buffer.getvalue()
 
     def _reduce(self, array: Any) -> Any:
+        if array.base is not None:
+            from .file_arrays import attach_file, file_handle
+
+            # already in a file (whatever its size: a shared array is always seen read-only):
+            # sent by name, the file kept while a chunk may open it
+            found = file_handle(array)
+            if found is not None:
+                named, root = found
+                with self._lock:
+                    self._kept.append(root)
+                return attach_file, (named,)
         handle = self._share(array)
         if handle is None:
             from .array_reduce import reduce_array
@@ -232,7 +246,7 @@ class MapSegments:
     def watch(self, futures: list[Future[Any]]) -> None:
         """The segments outlive these futures: a chunk may still be running after its map."""
         with self._lock:
-            if not self._paths and not self._refs:
+            if not self._paths and not self._refs and not self._kept:
                 return  # nothing placed: nothing to keep for these chunks
             self._futures.extend(futures)
         for fut in futures:
@@ -265,6 +279,7 @@ class MapSegments:
             self._by_id.clear()
             store, refs = self._store, list(self._refs.values())
             self._store, self._shared, self._fresh = None, [], []
+            self._kept = []
         for path in paths:
             _remove(path)
         if store is not None:
@@ -419,12 +434,14 @@ def _start_janitor() -> None:
 def _sweep_forever() -> None:
     import time
 
+    from .file_arrays import drop_gone_files
     from .shared_objects import drop_released_objects
 
     while True:
         time.sleep(JANITOR_INTERVAL_S)
         drop_released_segments()
         drop_released_objects()
+        drop_gone_files()
 
 
 def drop_released_segments() -> int:
