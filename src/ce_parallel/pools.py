@@ -243,6 +243,11 @@ class FacadePools:
 
     def serial(self) -> Any:
         """This facade's serial executor (created on first use)."""
+        made = self._serial
+        if made is not None:
+            # no lock once made: a repeated serial map asks here on every call (a facade closed
+            # meanwhile hands out its shut-down executor, which refuses the map)
+            return made
         from .strategies.serial import SerialExecutor
 
         with self._lock:

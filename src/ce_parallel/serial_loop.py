@@ -126,7 +126,7 @@ def run_one_block(fn: Any, work: list[Any], metrics: ParallelMetrics) -> tuple[l
         annotate_item_error(exc, n - length_hint(rest) - 1, "sequential", None)
         raise
     wall = perf_counter() - started
-    metrics.add(tasks_submitted=n, maps=1, tasks_completed=n, total_duration=wall, busy_time=wall)
+    metrics.add_serial_map(n, wall)
     return out, wall
 
 

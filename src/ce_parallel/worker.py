@@ -37,7 +37,16 @@ PARENT_POLL_INTERVAL_S = 0.25
 #: Exit status of a process worker that stopped because its parent is gone.
 PARENT_GONE_EXIT_CODE = 70
 
-_local = threading.local()
+
+class _WorkerState(threading.local):
+    """Per-thread worker state; class defaults make the reads cheap (``in_worker()`` runs on
+    every map, where a missing thread-local attribute would cost a caught AttributeError)."""
+
+    depth: int = 0
+    setups: set[str] | None = None
+
+
+_local = _WorkerState()
 _process_worker = False
 _done_setups: set[str] = set()
 #: tokens whose process-wide part (parent watch, fork hooks, numeric caps) has run
@@ -58,7 +67,7 @@ _started_as_worker = os.environ.get(IN_WORKER_ENV) == "1"
 
 def in_worker() -> bool:
     """True inside a worker thread or process of ours (a map there runs serially)."""
-    return getattr(_local, "depth", 0) > 0 or _process_worker or _started_as_worker
+    return _local.depth > 0 or _process_worker or _started_as_worker
 
 
 @dataclass(frozen=True)
@@ -275,7 +284,7 @@ def _ensure_setup(setup: WorkerSetup) -> None:
     """
     global _process_worker
     if setup.per_thread or os.getpid() == setup.caller_pid:
-        done: set[str] = getattr(_local, "setups", None) or set()
+        done: set[str] = _local.setups or set()
         _local.setups = done
         if setup.token in done:
             return
@@ -505,7 +514,7 @@ def _result_files(job: ChunkJob) -> FileBuffers | None:
 def run_chunk(job: ChunkJob) -> ChunkOutcome:
     """Run one chunk in a worker. User exceptions come back as data, never as a raise."""
     started = time.perf_counter()
-    depth = getattr(_local, "depth", 0)
+    depth = _local.depth
     if job.mark_worker:
         _local.depth = depth + 1
     try:
