@@ -22,8 +22,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .costs import MEMORY, Measurement
-from .heuristics import PROBE_MAX_FRACTION, RECHECK_FACTOR, RECHECK_MIN_S
-from .pilot import PilotError, pickled_size, pilot, time_first_items
+from .heuristics import (
+    PROBE_MAX_FRACTION,
+    PROBE_MIN_ITEMS_PER_THREAD,
+    PROBE_TARGET_S,
+    RECHECK_FACTOR,
+    RECHECK_MIN_S,
+    THREAD_PROBE_MIN_WORK_S,
+)
+from .pilot import (
+    PilotError,
+    PilotResult,
+    gil_verdict,
+    pickled_size,
+    pilot,
+    probe_threads,
+    time_first_items,
+)
 
 
 @dataclass
@@ -62,7 +77,6 @@ def measure(
     probe_threads: int = 0,
     probe_share: float = PROBE_MAX_FRACTION,
     sizes: bool = False,
-    previous: Measurement | None = None,
 ) -> Costing:
     """Run a pilot of the first items of ``work`` here; remember what it measured.
 
@@ -71,8 +85,8 @@ def measure(
     it also measures what an item and the function cost to pickle (what a strategy that pickles
     work must send: a large array bound into ``fn`` is seen without a hint). A caller's
     exception is raised as ``PilotError`` with the failing item's index. ``probe_share`` caps the
-    share of the items the thread probe runs. ``previous``, an
-    earlier measurement of ``fn``, adds its thread probes' votes to this one's.
+    share of the items the thread probe runs. A remembered function is probed again with
+    ``probe_known``.
     """
     if probe_threads >= 2:
         result = pilot(fn, work, seeds, threads=probe_threads, probe_share=probe_share)
@@ -80,14 +94,8 @@ def measure(
         result = time_first_items(fn, work, seeds)
     holds_gil = result.holds_gil
     probes = bound = 0
-    if previous is not None:
-        probes, bound = previous.gil_probes, previous.gil_bound_probes
     if holds_gil is not None:
-        probes, bound = probes + 1, bound + int(holds_gil)
-    if probes:
-        # the majority of the probes decides; a tie goes to "releases the GIL", which a slow
-        # run on threads then corrects (check_run)
-        holds_gil = 2 * bound > probes
+        probes, bound = 1, int(holds_gil)
     item_bytes = unshared = None
     if holds_gil or sizes:
         from .shared_objects import find_shared
@@ -125,9 +133,11 @@ def for_map(
     ``may_pilot``), else None (the assumption).
 
     A strategy that does not pickle work (threads) needs to know whether the items hold the
-    GIL: its pilot probes them on threads, and a remembered "holds the GIL" is probed again
-    until the votes settle. A strategy that pickles work (``target``) needs the bytes an item
-    and the function cost to send. A caller's exception in the pilot is raised with its index.
+    GIL: its pilot probes them on threads, and a remembered function whose verdict is missing
+    (its pilot left too little to probe) or unsettled is probed again, on a map with the work
+    for it (``THREAD_PROBE_MIN_WORK_S``), until the votes settle. A strategy that pickles work
+    (``target``) needs the bytes an item and the function cost to send. A caller's exception
+    in the pilot is raised with its index.
     """
     from .executor import annotate_item_error
     from .registry import strategy_records
@@ -137,10 +147,17 @@ def for_map(
     probe = 2 if record is not None and not record.pickles_work else 0
     known = recall(fn)
     if known is not None:
-        settled = known.measurement is None or known.measurement.gil_verdict_settled
-        if settled or not probe or not may_pilot:
+        m = known.measurement
+        if not (probe and may_pilot and m is not None and _wants_probe(m)):
             return known
-    elif not may_pilot:
+        if not _probe_fits(m, len(work), probe):
+            return known  # too little work in this map to read a probe; a longer map will
+        try:
+            return probe_known(fn, work, seeds, known, probe)
+        except PilotError as failure:
+            annotate_item_error(failure.error, failure.index, "sequential", None)
+            raise failure.error from None
+    if not may_pilot:
         return None
     sending = records.get(target)
     try:
@@ -153,11 +170,62 @@ def for_map(
             # threads run at least at the serial rate, so a longer, surer probe costs nothing
             probe_share=1.0,
             sizes=sending is not None and sending.pickles_work,
-            previous=None if known is None else known.measurement,
         )
     except PilotError as failure:
         annotate_item_error(failure.error, failure.index, "sequential", None)
         raise failure.error from None
+
+
+def _wants_probe(m: Measurement) -> bool:
+    """Whether a thread probe could still change what is known of the items' GIL use: none ran
+    (the pilot left too little of its map), or the votes have not settled."""
+    return (m.holds_gil is None and m.gil_probes == 0) or not m.gil_verdict_settled
+
+
+def _probe_fits(m: Measurement, n: int, threads: int) -> bool:
+    """Whether a map of ``n`` items has the items and the work to probe on ``threads``."""
+    return n >= threads * PROBE_MIN_ITEMS_PER_THREAD and n * m.per_item_s >= (
+        THREAD_PROBE_MIN_WORK_S
+    )
+
+
+def probe_known(
+    fn: Callable[..., Any],
+    work: Sequence[Any],
+    seeds: Sequence[Any] | None,
+    known: Costing,
+    threads: int,
+) -> Costing:
+    """Probe a remembered function's items on ``threads`` threads: its cost is known, whether
+    they hold the GIL is not (its pilot took the whole of a short map), or not settled.
+
+    The first items of ``work`` (enough for ``PROBE_TARGET_S`` per thread, possibly all) run on
+    the threads; their results are kept as the costing's ``head``, and the verdict is
+    remembered. A caller's exception is raised as ``PilotError`` with its index.
+    """
+    m = known.measurement
+    if m is None:
+        return known
+    count = min(len(work), threads * math.ceil(PROBE_TARGET_S / max(m.per_item_s, 1e-9)))
+    results, wall, cpu, done = probe_threads(
+        fn, work[:count], None if seeds is None else seeds[:count], threads, m.per_item_s
+    )
+    # a measurement with no CPU share (learnt from a serial run) is judged by wall-clock speed-up
+    serial = PilotResult([], m.per_item_s, m.cpu_ratio if m.cpu_ratio is not None else 0.0)
+    holds, scaling = gil_verdict(serial, done, wall, cpu, threads)
+    probes, bound = m.gil_probes + 1, m.gil_bound_probes + int(holds)
+    updated = replace(
+        m,
+        # the majority of the probes decides; a tie goes to "releases the GIL", which a slow
+        # run on threads then corrects (check_run)
+        holds_gil=2 * bound > probes,
+        thread_scaling=scaling,
+        gil_probes=probes,
+        gil_bound_probes=bound,
+    )
+    if known.key is not None:
+        MEMORY.remember(known.key, updated)
+    return Costing("pilot", updated, known.key, results)
 
 
 def learn(fn: Callable[..., Any], per_item_s: float, items: int) -> None:
@@ -221,5 +289,6 @@ __all__ = [
     "hinted",
     "learn",
     "measure",
+    "probe_known",
     "recall",
 ]

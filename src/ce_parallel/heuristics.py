@@ -92,6 +92,10 @@ PROBE_SAMPLE_S = 0.0005
 GIL_RELEASE_MIN_SCALING = 0.5
 #: Below this much estimated serial work (seconds) auto stays serial without probing threads.
 AUTO_MIN_PARALLEL_WORK_S = 0.01
+#: A facade asking for threads probes a remembered function whose GIL use is unknown (its pilot
+#: left too little to probe) on a later map with at least this much work (seconds): the probe
+#: runs that map's items, on threads, at no less than the serial rate.
+THREAD_PROBE_MIN_WORK_S = 0.002
 #: Dispatch cost of one chunk on a warm thread pool, in seconds.
 THREAD_CHUNK_OVERHEAD_S = 15e-6
 #: Dispatch cost of one chunk on a warm loky process pool, in seconds.
@@ -324,6 +328,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         PROBE_MIN_ITEMS_PER_THREAD,
         "With one item per thread the threads' start skew is a large share of the probe.",
         "same measurement as PROBE_TARGET_S",
+    ),
+    Heuristic(
+        "THREAD_PROBE_MIN_WORK_S",
+        THREAD_PROBE_MIN_WORK_S,
+        "A 10-item map of 300 us SHA-256 items (3 ms) was piloted almost whole on its first "
+        "call, so no thread probe ran; unprobed items are assumed to hold the GIL, and the "
+        "facade stayed serial on every later call while threads ran the map 1.5x faster. Below "
+        "about 1 ms of work threads lose whatever the GIL does (30 us x 10: 0.36x the loop, "
+        "1 us x 1,000: 0.73x); from 3 ms GIL-free items win 1.2-1.9x.",
+        "python evaluation/facade_grid.py --quick (threads, the 300 us x 10 and 30 us x 100 cells)",
     ),
     Heuristic(
         "PILOT_MIN_CPU_RATIO",

@@ -282,6 +282,69 @@ def test_a_verdict_of_holding_the_gil_is_probed_again_until_the_votes_settle() -
         assert f.last_decision is not None and f.last_decision.cost_source == "remembered"
 
 
+def test_a_remembered_function_never_probed_is_probed_on_a_map_with_the_work() -> None:
+    # its pilot took the whole of a short map, so no probe ran: unprobed items are assumed to
+    # hold the GIL, and without a later probe threads would never be chosen for it
+    from ce_parallel.heuristics import THREAD_PROBE_MIN_WORK_S
+
+    calls: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def record(x: int) -> int:
+        with lock:
+            calls.append((x, threading.current_thread().name))
+        return x * 3
+
+    n = 20
+    MEMORY.remember_fn(record, Measurement(per_item_s=THREAD_PROBE_MIN_WORK_S / 10))
+    with facade() as f:
+        assert f.map(record, range(n)) == [3 * x for x in range(n)]
+        assert f.last_decision is not None and f.last_decision.cost_source == "pilot"
+    assert sorted(x for x, _ in calls) == list(range(n))  # each item once
+    assert {name for _, name in calls} == {"ce-parallel-probe"}  # all on the probe's threads
+    known = MEMORY.recall(MEMORY.key(record))
+    assert known is not None and known.gil_probes == 1 and known.holds_gil is not None
+
+
+def test_a_map_too_small_to_read_a_probe_recalls_without_probing() -> None:
+    from ce_parallel.heuristics import THREAD_PROBE_MIN_WORK_S
+
+    names: set[str] = set()
+
+    def record(x: int) -> int:
+        names.add(threading.current_thread().name)
+        return x
+
+    MEMORY.remember_fn(record, Measurement(per_item_s=THREAD_PROBE_MIN_WORK_S / 100))
+    with facade() as f:
+        assert f.map(record, range(20)) == list(range(20))
+        assert f.last_decision is not None and f.last_decision.cost_source == "remembered"
+        assert not f.last_decision.use_parallel
+    assert names == {threading.current_thread().name}
+    known = MEMORY.recall(MEMORY.key(record))
+    assert known is not None and known.gil_probes == 0
+
+
+def test_a_users_error_in_a_probe_of_a_remembered_function_names_its_item() -> None:
+    from ce_parallel.heuristics import THREAD_PROBE_MIN_WORK_S
+
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def fail_at_13(x: int) -> int:
+        with lock:
+            ran.append(x)
+        if x == 13:
+            raise ValueError("bad item")
+        return x
+
+    MEMORY.remember_fn(fail_at_13, Measurement(per_item_s=THREAD_PROBE_MIN_WORK_S / 10))
+    with facade() as f, pytest.raises(ValueError, match="bad item") as caught:
+        f.map(fail_at_13, range(40))
+    assert "item 13" in "\n".join(getattr(caught.value, "__notes__", []))
+    assert len(ran) == len(set(ran))  # nothing ran twice, and nothing re-ran serially
+
+
 def test_a_repeat_of_a_known_function_pays_a_share_of_a_cold_start() -> None:
     from ce_parallel.heuristics import AUTO_EXPECTED_MAPS_PER_POOL
 
