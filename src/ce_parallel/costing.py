@@ -241,6 +241,7 @@ def check_run(
     wall_s: float,
     predicted_s: float | None,
     start_s: float = 0.0,
+    serial_s: float | None = None,
 ) -> bool:
     """Compare a run with its prediction; two runs far off in a row update the memory. True if
     updated.
@@ -250,7 +251,10 @@ def check_run(
     run of the same strategy off in the same direction confirms it: the mean of the two then
     replaces the remembered cost (a serial run) or is remembered as what that strategy really
     takes for this function (``Measurement.observed``), which the next estimate uses instead of
-    the model. A run close to its prediction clears the suspect.
+    the model. A run close to its prediction clears the suspect. A parallel run slower than
+    ``serial_s``, the serial loop's estimate it was chosen over, counts as far off however
+    close to its own prediction: the choice itself was wrong (a margin of ``MIN_PARALLEL_GAIN``
+    lets a model 1.2-2x optimistic choose a pool that loses to the loop on every call).
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
@@ -260,7 +264,8 @@ def check_run(
     pending = known.suspect if known.suspect and known.suspect[0] == strategy else None
     per_item = max(0.0, wall_s - start_s) / items
     expected = predicted_s / items
-    if abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
+    lost = strategy != "sequential" and serial_s is not None and wall_s > serial_s > 0
+    if not lost and abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
         if pending is not None:
             _keep(costing, replace(known, suspect=None))
         return False

@@ -406,7 +406,8 @@ class ParallelFacade:
                 if decision.use_parallel
                 else decision.estimated_serial_s
             )
-            costing.check_run(cost, decision.strategy, items, wall, predicted)
+            serial = decision.estimated_serial_s if decision.use_parallel else None
+            costing.check_run(cost, decision.strategy, items, wall, predicted, serial_s=serial)
 
     # -- repeated questions --------------------------------------------------------------------
 

@@ -190,6 +190,38 @@ def test_a_run_far_from_its_prediction_updates_the_memory() -> None:
     assert not d.use_parallel  # the next decision uses what the run measured
 
 
+def test_parallel_runs_slower_than_the_serial_loop_turn_the_decision_back() -> None:
+    # the model was 1.5x optimistic: within RECHECK_FACTOR of its prediction, yet every run on
+    # the pool loses to the loop it was chosen over
+    key = MEMORY.remember_fn(_double, Measurement(per_item_s=0.001, holds_gil=False))
+    costing = Costing("remembered", MEMORY.recall(key), key)
+    # faster than the serial estimate, if slower than predicted: nothing changes
+    assert not check_run(costing, "joblib", 100, wall_s=0.08, predicted_s=0.06, serial_s=0.1)
+    assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
+    # slower than the serial loop once: a suspect only (one slow run may be another process)
+    assert not check_run(costing, "joblib", 100, wall_s=0.12, predicted_s=0.08, serial_s=0.1)
+    assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
+    # twice in a row: what the pool really takes is remembered, and the next decision is serial
+    assert check_run(costing, "joblib", 100, wall_s=0.13, predicted_s=0.08, serial_s=0.1)
+    observed = MEMORY.recall(key).observed_for("joblib")  # type: ignore[union-attr]
+    assert observed == pytest.approx(0.00125)
+    d = decide(
+        Question(
+            100,
+            per_item_s=0.001,
+            cost_source="remembered",
+            requested="joblib",
+            observed_s=observed,
+            warm=True,
+        ),
+        ground(JOBLIB),
+    )
+    assert not d.use_parallel and d.reason == "spawn_cost"
+    # a serial run is never judged against itself
+    assert not check_run(costing, "sequential", 100, wall_s=0.12, predicted_s=0.1, serial_s=0.1)
+    assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
+
+
 def test_auto_gives_the_same_choice_for_the_same_question() -> None:
     MEMORY.remember_fn(_double, Measurement(per_item_s=0.002, holds_gil=True))
     config = ParallelConfig(enabled=True, strategy="auto", full_matrix=True)

@@ -244,6 +244,7 @@ class AutoExecutor(ParallelExecutor):
                 len(rest),
                 time.perf_counter() - run_started,
                 selection.estimates.get(strategy),
+                serial_s=selection.estimates.get("sequential"),
             )
         self.metrics.add(tasks_completed=len(work))
         if not head:
