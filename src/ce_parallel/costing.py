@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .costs import MEMORY, Measurement
+from .costs import GIL_PROBE_VOTES, MEMORY, Measurement
 from .heuristics import (
     PROBE_MAX_FRACTION,
     PROBE_MIN_ITEMS_PER_THREAD,
@@ -178,8 +178,10 @@ def for_map(
 
 def _wants_probe(m: Measurement) -> bool:
     """Whether a thread probe could still change what is known of the items' GIL use: none ran
-    (the pilot left too little of its map), or the votes have not settled."""
-    return (m.holds_gil is None and m.gil_probes == 0) or not m.gil_verdict_settled
+    (the pilot left too little of its map; fewer than ``GIL_PROBE_VOTES`` ran unread), or the
+    votes have not settled."""
+    unprobed = m.holds_gil is None and m.gil_probes == 0
+    return (unprobed and m.gil_unread_probes < GIL_PROBE_VOTES) or not m.gil_verdict_settled
 
 
 def _probe_fits(m: Measurement, n: int, threads: int) -> bool:
@@ -207,22 +209,28 @@ def probe_known(
     if m is None:
         return known
     count = min(len(work), threads * math.ceil(PROBE_TARGET_S / max(m.per_item_s, 1e-9)))
-    results, wall, cpu, done = probe_threads(
+    results, wall, cpu, done, read = probe_threads(
         fn, work[:count], None if seeds is None else seeds[:count], threads, m.per_item_s
     )
-    # a measurement with no CPU share (learnt from a serial run) is judged by wall-clock speed-up
-    serial = PilotResult([], m.per_item_s, m.cpu_ratio if m.cpu_ratio is not None else 0.0)
-    holds, scaling = gil_verdict(serial, done, wall, cpu, threads)
-    probes, bound = m.gil_probes + 1, m.gil_bound_probes + int(holds)
-    updated = replace(
-        m,
-        # the majority of the probes decides; a tie goes to "releases the GIL", which a slow
-        # run on threads then corrects (check_run)
-        holds_gil=2 * bound > probes,
-        thread_scaling=scaling,
-        gil_probes=probes,
-        gil_bound_probes=bound,
-    )
+    if not read:
+        # the threads ran one after another: no vote; after GIL_PROBE_VOTES such probes the
+        # items are left assumed to hold the GIL
+        updated = replace(m, gil_unread_probes=m.gil_unread_probes + 1)
+    else:
+        # a measurement with no CPU share (learnt from a serial run) is judged by the
+        # wall-clock speed-up
+        serial = PilotResult([], m.per_item_s, m.cpu_ratio if m.cpu_ratio is not None else 0.0)
+        holds, scaling = gil_verdict(serial, done, wall, cpu, threads)
+        probes, bound = m.gil_probes + 1, m.gil_bound_probes + int(holds)
+        updated = replace(
+            m,
+            # the majority of the probes decides; a tie goes to "releases the GIL", which a
+            # slow run on threads then corrects (check_run)
+            holds_gil=2 * bound > probes,
+            thread_scaling=scaling,
+            gil_probes=probes,
+            gil_bound_probes=bound,
+        )
     if known.key is not None:
         MEMORY.remember(known.key, updated)
     return Costing("pilot", updated, known.key, results)

@@ -58,6 +58,8 @@ class Measurement:
     #: thread probes run so far, and how many found the items holding the GIL
     gil_probes: int = 0
     gil_bound_probes: int = 0
+    #: thread probes whose threads ran one after another, so that they could not vote
+    gil_unread_probes: int = 0
     observed: tuple[tuple[str, float], ...] = field(default=())
     #: a run of a strategy far from its prediction, waiting for a second to confirm it
     suspect: tuple[str, float] | None = None

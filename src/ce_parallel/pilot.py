@@ -142,17 +142,18 @@ def probe_threads(
     seeds: Sequence[Any] | None,
     threads: int,
     per_item_s: float | None = None,
-) -> tuple[list[Any], float, float, float]:
+) -> tuple[list[Any], float, float, float, bool]:
     """Run ``items`` split over ``threads`` threads at once.
 
     Returns the results and, over the time every thread was running, the wall seconds, the CPU
     seconds the threads used in all (each thread's own ``time.thread_time``) and the items they
-    finished. Threads released together start up to a few ms apart, and a thread that starts
-    when another has finished shows no overlap at all, whatever the items do with the GIL: so
-    each thread notes its clocks every ``PROBE_SAMPLE_S`` or so (from ``per_item_s``, the
-    serial cost of an item), and the numbers are read over the overlap. When the overlap is too
-    short to read (under a quarter of the longest thread's run), they are the whole probe's.
-    A caller's exception is raised as ``PilotError`` with the smallest failing index.
+    finished; last, whether the threads overlapped long enough to be read (``overlapped``).
+    Threads released together start up to a few ms apart, and a thread that starts when another
+    has finished shows no overlap at all, whatever the items do with the GIL: so each thread
+    notes its clocks every ``PROBE_SAMPLE_S`` or so (from ``per_item_s``, the serial cost of an
+    item), and the numbers are read over the overlap. When the overlap is too short to read
+    (under a quarter of the longest thread's run), they are the whole probe's. A caller's
+    exception is raised as ``PilotError`` with the smallest failing index.
     """
     from .worker import ChunkJob, run_chunk
 
@@ -193,7 +194,21 @@ def probe_threads(
         first = min(failed, key=lambda o: o.error_index)
         raise PilotError(first.error_index, first.error)
     results = [r for chunks in outcomes for o in chunks for r in o.results]
-    return (results, *read_overlap(samples, wall))
+    return (results, *read_overlap(samples, wall), overlapped(samples))
+
+
+def overlapped(samples: Sequence[Sequence[tuple[float, float, int]]]) -> bool:
+    """Whether every probe thread ran at once for at least a quarter of the longest one's run:
+    threads that ran one after another (a CPU that was asleep woke late, or items that hold the
+    GIL for less than its switch interval each) say nothing about how the items use the GIL."""
+    return _overlap(samples) is not None
+
+
+def _overlap(samples: Sequence[Sequence[tuple[float, float, int]]]) -> tuple[float, float] | None:
+    lo = max(notes[0][0] for notes in samples)
+    hi = min(notes[-1][0] for notes in samples)
+    longest = max(notes[-1][0] - notes[0][0] for notes in samples)
+    return None if hi - lo < longest / 4 or hi <= lo else (lo, hi)
 
 
 def read_overlap(
@@ -205,12 +220,11 @@ def read_overlap(
     before its first item; ``wall`` is the whole probe's wall time. With an overlap under a
     quarter of the longest thread's run, the whole probe's numbers are returned. Reads no clock.
     """
-    lo = max(notes[0][0] for notes in samples)
-    hi = min(notes[-1][0] for notes in samples)
-    longest = max(notes[-1][0] - notes[0][0] for notes in samples)
-    if hi - lo < longest / 4 or hi <= lo:
+    span = _overlap(samples)
+    if span is None:
         cpu = sum(notes[-1][1] - notes[0][1] for notes in samples)
         return wall, cpu, float(sum(notes[-1][2] for notes in samples))
+    lo, hi = span
     cpu = sum(_at(notes, hi, 1) - _at(notes, lo, 1) for notes in samples)
     done = sum(_at(notes, hi, 2) - _at(notes, lo, 2) for notes in samples)
     return hi - lo, cpu, done
@@ -264,7 +278,7 @@ def pilot(
         return result
     start = result.done
     try:
-        more, wall, cpu, done = probe_threads(
+        more, wall, cpu, done, _ = probe_threads(
             fn,
             items[start : start + count],
             None if seeds is None else seeds[start : start + count],
@@ -343,6 +357,7 @@ __all__ = [
     "PilotError",
     "PilotResult",
     "gil_verdict",
+    "overlapped",
     "pickled_size",
     "pilot",
     "probe_threads",

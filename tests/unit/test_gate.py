@@ -335,7 +335,9 @@ def test_a_remembered_function_never_probed_is_probed_on_a_map_with_the_work() -
     assert sorted(x for x, _ in calls) == list(range(n))  # each item once
     assert {name for _, name in calls} == {"ce-parallel-probe"}  # all on the probe's threads
     known = MEMORY.recall(MEMORY.key(record))
-    assert known is not None and known.gil_probes == 1 and known.holds_gil is not None
+    # one probe ran: it voted, or its threads ran one after another and it could not
+    assert known is not None and known.gil_probes + known.gil_unread_probes == 1
+    assert (known.holds_gil is None) == (known.gil_probes == 0)
 
 
 def test_a_map_too_small_to_read_a_probe_recalls_without_probing() -> None:

@@ -21,6 +21,7 @@ from ce_parallel.pilot import (
     PilotError,
     PilotResult,
     gil_verdict,
+    overlapped,
     pickled_size,
     pilot,
     read_overlap,
@@ -315,6 +316,25 @@ def test_gil_bound_items_read_over_the_overlap_still_hold_the_gil() -> None:
 def test_a_probe_whose_threads_barely_overlap_is_read_whole() -> None:
     a, b = _notes(0.0, 1.0, 10), _notes(0.0095, 1.0, 10)
     assert read_overlap([a, b], wall=0.02) == pytest.approx((0.02, 0.02, 20.0))
+    assert not overlapped([a, b])  # and says so: such a probe may not vote
+    assert overlapped([a, _notes(0.004, 1.0, 10)])
+
+
+def test_probes_that_could_not_be_read_give_up_after_the_votes_a_verdict_would_take() -> None:
+    from ce_parallel.costing import _wants_probe
+    from ce_parallel.costs import GIL_PROBE_VOTES, Measurement
+
+    never = Measurement(per_item_s=0.001)
+    assert _wants_probe(never)
+    unread = Measurement(per_item_s=0.001, gil_unread_probes=GIL_PROBE_VOTES - 1)
+    assert _wants_probe(unread)
+    # as many unread probes as a verdict takes votes: left assumed to hold the GIL
+    assert not _wants_probe(Measurement(per_item_s=0.001, gil_unread_probes=GIL_PROBE_VOTES))
+    # a vote that found the GIL released settles it; one that found it held does not
+    assert not _wants_probe(Measurement(per_item_s=0.001, holds_gil=False, gil_probes=1))
+    assert _wants_probe(
+        Measurement(per_item_s=0.001, holds_gil=True, gil_probes=1, gil_bound_probes=1)
+    )
 
 
 def test_pilot_trusts_a_given_gil_answer() -> None:
