@@ -23,6 +23,7 @@ from typing import Any
 
 from .costs import GIL_PROBE_VOTES, MEMORY, Measurement
 from .heuristics import (
+    PILOT_MIN_CPU_RATIO,
     PROBE_MAX_FRACTION,
     PROBE_MIN_ITEMS_PER_THREAD,
     PROBE_TARGET_S,
@@ -125,26 +126,26 @@ def for_map(
     work: Sequence[Any],
     seeds: Sequence[Any] | None,
     *,
-    requested: str,
     target: str,
     may_pilot: bool,
 ) -> Costing | None:
     """The cost of ``fn``'s items for a map with no hint: remembered, else a pilot (when
     ``may_pilot``), else None (the assumption).
 
-    A strategy that does not pickle work (threads) needs to know whether the items hold the
-    GIL: its pilot probes them on threads, and a remembered function whose verdict is missing
+    ``target`` is the strategy a parallel decision would run. One that does not pickle work
+    (threads, or auto choosing among threads and the rest) needs to know whether the items hold
+    the GIL: its pilot probes them on threads, and a remembered function whose verdict is missing
     (its pilot left too little to probe) or unsettled is probed again, on a map with the work
-    for it (``THREAD_PROBE_MIN_WORK_S``), until the votes settle. A strategy that pickles work
-    (``target``) needs the bytes an item and the function cost to send. A caller's exception
+    for it (``THREAD_PROBE_MIN_WORK_S``), until the votes settle. One that pickles work needs
+    the bytes an item and the function cost to send. A caller's exception
     in the pilot is raised with its index.
     """
     from .executor import annotate_item_error
     from .registry import strategy_records
 
     records = strategy_records()
-    record = records.get(requested)
-    probe = 2 if record is not None and not record.pickles_work else 0
+    sending = records.get(target)
+    probe = 2 if sending is not None and not sending.pickles_work else 0
     known = recall(fn)
     if known is not None:
         m = known.measurement
@@ -159,7 +160,6 @@ def for_map(
             raise failure.error from None
     if not may_pilot:
         return None
-    sending = records.get(target)
     try:
         return measure(
             fn,
@@ -217,9 +217,7 @@ def probe_known(
         # items are left assumed to hold the GIL
         updated = replace(m, gil_unread_probes=m.gil_unread_probes + 1)
     else:
-        # a measurement with no CPU share (learnt from a serial run) is judged by the
-        # wall-clock speed-up
-        serial = PilotResult([], m.per_item_s, m.cpu_ratio if m.cpu_ratio is not None else 0.0)
+        serial = PilotResult([], m.per_item_s, serial_cpu_ratio(m.cpu_ratio, wall, cpu))
         holds, scaling = gil_verdict(serial, done, wall, cpu, threads)
         probes, bound = m.gil_probes + 1, m.gil_bound_probes + int(holds)
         updated = replace(
@@ -234,6 +232,18 @@ def probe_known(
     if known.key is not None:
         MEMORY.remember(known.key, updated)
     return Costing("pilot", updated, known.key, results)
+
+
+def serial_cpu_ratio(known: float | None, wall_s: float, cpu_s: float) -> float:
+    """The serial CPU share a probe is judged against: the pilot's, when it measured one.
+
+    A measurement learnt from a serial run has none: items that kept the probe's threads busy
+    (``cpu_s`` over ``wall_s``) are then taken as CPU-bound, judged by the CPUs they kept busy,
+    and others as mostly waiting, judged by their wall-clock speed-up (``gil_verdict``).
+    """
+    if known is not None:
+        return known
+    return 1.0 if wall_s > 0 and cpu_s / wall_s >= PILOT_MIN_CPU_RATIO else 0.0
 
 
 def learn(fn: Callable[..., Any], per_item_s: float, items: int) -> None:
@@ -304,4 +314,5 @@ __all__ = [
     "measure",
     "probe_known",
     "recall",
+    "serial_cpu_ratio",
 ]

@@ -449,7 +449,6 @@ class ParallelFacade:
             fn,
             work,
             seeds,
-            requested=self.config.strategy,
             target=self.target_strategy(),
             may_pilot=self._may_pilot(len(work), executor),
         )

@@ -250,6 +250,11 @@ def _work(x: int) -> int:
     return sum(range(20_000)) + x
 
 
+def _work_where(x: int) -> str:
+    _work(x)
+    return threading.current_thread().name
+
+
 def test_the_pilot_sees_large_arrays_a_pickling_strategy_would_send() -> None:
     import functools
 
@@ -304,7 +309,8 @@ def test_a_verdict_of_holding_the_gil_is_probed_again_until_the_votes_settle() -
         f.map(_work, range(200))
         assert f.last_decision is not None and f.last_decision.cost_source == "pilot"
     known = MEMORY.recall(MEMORY.key(_work))
-    assert known is not None and known.gil_probes == 2
+    # a second probe ran: it voted, or its threads ran one after another and it could not
+    assert known is not None and known.gil_probes + known.gil_unread_probes == 2
     # a settled verdict is recalled without probing again
     MEMORY.remember_fn(
         _double, Measurement(per_item_s=0.001, holds_gil=True, gil_probes=3, gil_bound_probes=3)
@@ -338,6 +344,21 @@ def test_a_remembered_function_never_probed_is_probed_on_a_map_with_the_work() -
     # one probe ran: it voted, or its threads ran one after another and it could not
     assert known is not None and known.gil_probes + known.gil_unread_probes == 1
     assert (known.holds_gil is None) == (known.gil_probes == 0)
+
+
+def test_a_facade_that_would_run_a_pickling_strategy_probes_nothing_on_threads() -> None:
+    from ce_parallel.decision import FullMatrixWarning
+
+    # auto without the full matrix runs joblib: whether items hold the GIL changes nothing
+    with (
+        pytest.warns(FullMatrixWarning),
+        facade(ParallelConfig(enabled=True, strategy="auto")) as f,
+    ):
+        for _ in range(3):
+            names = set(f.map(_work_where, range(200)))  # ~60 ms of work
+            assert "ce-parallel-probe" not in names
+    known = MEMORY.recall(MEMORY.key(_work_where))
+    assert known is not None and known.gil_probes == 0 and known.gil_unread_probes == 0
 
 
 def test_a_map_too_small_to_read_a_probe_recalls_without_probing() -> None:

@@ -478,3 +478,17 @@ def test_auto_start_pools_warms_what_it_may_choose() -> None:
     # the pool was up: no item ran in the caller while it started
     assert os.getpid() not in {pid for _, pid in results}
     assert pools["processes"].closed  # shut down with auto
+
+
+def test_a_probe_of_a_function_learnt_without_a_cpu_clock_is_judged_by_what_it_kept_busy() -> None:
+    from ce_parallel.costing import serial_cpu_ratio
+
+    assert serial_cpu_ratio(0.8, wall_s=0.01, cpu_s=0.0) == 0.8  # the pilot's, when measured
+    # threads that used ~1 CPU between them: CPU-bound items, holding the GIL
+    ratio = serial_cpu_ratio(None, wall_s=0.01, cpu_s=0.0101)
+    assert ratio == 1.0
+    assert gil_verdict(PilotResult([], 0.003, ratio), 10, 0.01, 0.0101, threads=2)[0] is True
+    # threads that mostly waited (sleep, I/O): judged by their wall-clock speed-up
+    ratio = serial_cpu_ratio(None, wall_s=0.01, cpu_s=0.0002)
+    assert ratio == 0.0
+    assert gil_verdict(PilotResult([], 0.002, ratio), 10, 0.01, 0.0002, threads=2)[0] is False
