@@ -271,8 +271,9 @@ def check_run(
     takes for this function (``Measurement.observed``), which the next estimate uses instead of
     the model. A run close to its prediction clears the suspect. A parallel run slower than
     ``serial_s``, the serial loop's estimate it was chosen over, counts as far off however
-    close to its own prediction: the choice itself was wrong (a margin of ``MIN_PARALLEL_GAIN``
-    lets a model 1.2-2x optimistic choose a pool that loses to the loop on every call).
+    close to its own prediction (except the run right after the pilot, which meets the workers
+    cold): the choice itself was wrong (a margin of ``MIN_PARALLEL_GAIN`` lets a model 1.2-2x
+    optimistic choose a pool that loses to the loop on every call).
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
@@ -282,7 +283,14 @@ def check_run(
     pending = known.suspect if known.suspect and known.suspect[0] == strategy else None
     per_item = max(0.0, wall_s - start_s) / items
     expected = predicted_s / items
-    lost = strategy != "sequential" and serial_s is not None and wall_s > serial_s > 0
+    # (a function's first run on a pool, right after its pilot, plans chunks without a known
+    # item cost and meets the workers cold: it is not judged against the loop)
+    lost = (
+        costing.source != "pilot"
+        and strategy != "sequential"
+        and serial_s is not None
+        and wall_s > serial_s > 0
+    )
     if not lost and abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
         if pending is not None:
             _keep(costing, replace(known, suspect=None))
