@@ -23,6 +23,7 @@ from typing import Any
 
 from .costs import GIL_PROBE_VOTES, MEMORY, Measurement
 from .heuristics import (
+    OBSERVED_RETRY_MAPS,
     PILOT_MIN_CPU_RATIO,
     PROBE_MAX_FRACTION,
     PROBE_MIN_ITEMS_PER_THREAD,
@@ -153,14 +154,11 @@ def for_map(
             return known
         if not _probe_fits(m, len(work), probe):
             return known  # too little work in this map to read a probe; a longer map will
-        try:
-            return probe_known(fn, work, seeds, known, probe)
-        except PilotError as failure:
-            annotate_item_error(failure.error, failure.index, "sequential", None)
-            raise failure.error from None
-    if not may_pilot:
+    elif not may_pilot:
         return None
     try:
+        if known is not None:
+            return probe_known(fn, work, seeds, known, probe)
         return measure(
             fn,
             work,
@@ -273,13 +271,24 @@ def check_run(
     ``serial_s``, the serial loop's estimate it was chosen over, counts as far off however
     close to its own prediction (except the run right after the pilot, which meets the workers
     cold): the choice itself was wrong (a margin of ``MIN_PARALLEL_GAIN`` lets a model 1.2-2x
-    optimistic choose a pool that loses to the loop on every call).
+    optimistic choose a pool that loses to the loop on every call). A serial run of a function
+    whose pools' times were remembered counts towards ``OBSERVED_RETRY_MAPS``: after that many,
+    those times are forgotten (True is returned) and the next decision weighs the model again.
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
     if predicted_s <= 0 or wall_s <= 0 or max(wall_s, predicted_s) < RECHECK_MIN_S:
         return False
     known = costing.measurement
+    if strategy == "sequential" and known.observed:
+        # serial because a pool ran slowly for fn: retry the model now and then, so that a slow
+        # spell of the machine does not keep the pools away for the process's lifetime
+        runs = known.serial_runs + 1
+        if runs >= OBSERVED_RETRY_MAPS:
+            _keep(costing, replace(known, observed=(), suspect=None, serial_runs=0))
+            return True
+        known = replace(known, serial_runs=runs)
+        _keep(costing, known)
     pending = known.suspect if known.suspect and known.suspect[0] == strategy else None
     per_item = max(0.0, wall_s - start_s) / items
     expected = predicted_s / items

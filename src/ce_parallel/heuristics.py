@@ -67,6 +67,11 @@ RECHECK_FACTOR = 2.0
 #: ... unless both the run and its prediction are shorter than this (seconds): too short to
 #: measure, and too short for any pool to pay.
 RECHECK_MIN_S = 0.002
+#: A function kept serial by what its pools measured (``Measurement.observed``) has those
+#: measurements forgotten after this many serial maps, so the model is weighed (and a pool
+#: tried, and checked by two runs) again: at most 2 of every this many maps run on a pool that
+#: may lose, while two slow runs in a noisy spell no longer keep a function serial for good.
+OBSERVED_RETRY_MAPS = 16
 #: A cold pool is charged 1/this of its start cost: pools are reused across maps.
 AUTO_EXPECTED_MAPS_PER_POOL = 4
 #: The serial pilot runs the first items until this many seconds have passed ...
@@ -328,6 +333,16 @@ HEURISTICS: tuple[Heuristic, ...] = (
         PROBE_MIN_ITEMS_PER_THREAD,
         "With one item per thread the threads' start skew is a large share of the probe.",
         "same measurement as PROBE_TARGET_S",
+    ),
+    Heuristic(
+        "OBSERVED_RETRY_MAPS",
+        OBSERVED_RETRY_MAPS,
+        "The serial and pooled times of one grid cell vary by 1.3x from one run of the grid to "
+        "the next on this machine, and two slow runs in a row turned a cell serial for the rest "
+        "of the process (joblib 3 ms x 10: parallel at 0.94-0.96 regret in two runs, serial at "
+        "1.33 in the third). Retrying after 16 serial maps costs at most 2/16 of the maps a "
+        "pool's loss (a 1.37x loss: under 5% on average).",
+        "python evaluation/facade_grid.py --quick, three runs (facade_grid.json is the last)",
     ),
     Heuristic(
         "THREAD_PROBE_MIN_WORK_S",

@@ -222,6 +222,28 @@ def test_parallel_runs_slower_than_the_serial_loop_turn_the_decision_back() -> N
     assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
 
 
+def test_a_function_kept_serial_by_its_pools_times_tries_the_model_again() -> None:
+    from ce_parallel.heuristics import OBSERVED_RETRY_MAPS
+
+    slow = Measurement(per_item_s=0.001, holds_gil=False, observed=(("joblib", 0.002),))
+    key = MEMORY.remember_fn(_double, slow)
+    costing = Costing("remembered", MEMORY.recall(key), key)
+    for _ in range(OBSERVED_RETRY_MAPS - 1):
+        assert not check_run(costing, "sequential", 100, wall_s=0.1, predicted_s=0.1)
+    kept = MEMORY.recall(key)
+    assert kept is not None and kept.observed_for("joblib") == 0.002
+    assert kept.serial_runs == OBSERVED_RETRY_MAPS - 1
+    # the next serial run forgets what the pool measured: the model decides the next map
+    assert check_run(costing, "sequential", 100, wall_s=0.1, predicted_s=0.1)
+    retried = MEMORY.recall(key)
+    assert retried is not None and retried.observed == () and retried.serial_runs == 0
+    assert retried.per_item_s == 0.001  # the serial measurement stays
+    # a function nothing was observed for counts nothing
+    plain = MEMORY.remember_fn(_work, Measurement(per_item_s=0.001))
+    check_run(Costing("remembered", MEMORY.recall(plain), plain), "sequential", 100, 0.1, 0.1)
+    assert MEMORY.recall(plain).serial_runs == 0  # type: ignore[union-attr]
+
+
 def test_auto_gives_the_same_choice_for_the_same_question() -> None:
     MEMORY.remember_fn(_double, Measurement(per_item_s=0.002, holds_gil=True))
     config = ParallelConfig(enabled=True, strategy="auto", full_matrix=True)
