@@ -23,6 +23,7 @@ from typing import Any
 
 from .costs import GIL_PROBE_VOTES, MEMORY, Measurement
 from .heuristics import (
+    MIN_PARALLEL_GAIN,
     OBSERVED_RETRY_MAPS,
     PILOT_MIN_CPU_RATIO,
     PROBE_MAX_FRACTION,
@@ -267,13 +268,16 @@ def check_run(
     run of the same strategy off in the same direction confirms it: the mean of the two then
     replaces the remembered cost (a serial run) or is remembered as what that strategy really
     takes for this function (``Measurement.observed``), which the next estimate uses instead of
-    the model. A run close to its prediction clears the suspect. A parallel run slower than
-    ``serial_s``, the serial loop's estimate it was chosen over, counts as far off however
-    close to its own prediction (except the run right after the pilot, which meets the workers
-    cold): the choice itself was wrong (a margin of ``MIN_PARALLEL_GAIN`` lets a model 1.2-2x
-    optimistic choose a pool that loses to the loop on every call). A serial run of a function
-    whose pools' times were remembered counts towards ``OBSERVED_RETRY_MAPS``: after that many,
-    those times are forgotten (True is returned) and the next decision weighs the model again.
+    the model. A run close to its prediction clears the suspect. A parallel run that took
+    ``MIN_PARALLEL_GAIN`` times ``serial_s``, the serial loop's estimate it was chosen over,
+    counts as far off however close to its own prediction (except the run right after the
+    pilot, which meets the workers cold): the choice itself was wrong (a model 1.2-2x
+    optimistic chooses a pool that loses to the loop on every call). The margin is the
+    decision's own: a pilot's estimate of the loop is itself off by up to ~2x in a noisy
+    spell, and a run merely as slow as that estimate would turn good decisions back. A serial
+    run of a function whose pools' times were remembered counts towards
+    ``OBSERVED_RETRY_MAPS``: after that many, those times are forgotten (True is returned) and
+    the next decision weighs the model again.
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
@@ -298,7 +302,7 @@ def check_run(
         costing.source != "pilot"
         and strategy != "sequential"
         and serial_s is not None
-        and wall_s > serial_s > 0
+        and wall_s > MIN_PARALLEL_GAIN * serial_s > 0
     )
     if not lost and abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
         if pending is not None:

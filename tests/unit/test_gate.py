@@ -197,14 +197,17 @@ def test_parallel_runs_slower_than_the_serial_loop_turn_the_decision_back() -> N
     costing = Costing("remembered", MEMORY.recall(key), key)
     # faster than the serial estimate, if slower than predicted: nothing changes
     assert not check_run(costing, "joblib", 100, wall_s=0.08, predicted_s=0.06, serial_s=0.1)
+    # as slow as the serial estimate, within the decision's margin (the estimate is noisy too)
+    assert not check_run(costing, "joblib", 100, wall_s=0.11, predicted_s=0.08, serial_s=0.1)
     assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
-    # slower than the serial loop once: a suspect only (one slow run may be another process)
-    assert not check_run(costing, "joblib", 100, wall_s=0.12, predicted_s=0.08, serial_s=0.1)
+    # MIN_PARALLEL_GAIN times slower than the loop once: a suspect only (one slow run may be
+    # another process)
+    assert not check_run(costing, "joblib", 100, wall_s=0.13, predicted_s=0.08, serial_s=0.1)
     assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
     # twice in a row: what the pool really takes is remembered, and the next decision is serial
-    assert check_run(costing, "joblib", 100, wall_s=0.13, predicted_s=0.08, serial_s=0.1)
+    assert check_run(costing, "joblib", 100, wall_s=0.14, predicted_s=0.08, serial_s=0.1)
     observed = MEMORY.recall(key).observed_for("joblib")  # type: ignore[union-attr]
-    assert observed == pytest.approx(0.00125)
+    assert observed == pytest.approx(0.00135)
     d = decide(
         Question(
             100,
