@@ -58,11 +58,6 @@ R = TypeVar("R")
 DECISION_CACHE_SIZE = 256
 
 
-#: Serial decisions after which the run's time is worth remembering as the function's cost:
-#: those a known cost could have turned (not the operator's switch, nesting or the config).
-_MEASURING_REASONS = frozenset({"below_min_instances", "tiny_workload", "spawn_cost"})
-
-
 def full_matrix_strategies() -> tuple[str, ...]:
     """Strategies available only with the full matrix (``full_matrix=True`` or
     ``CE_PARALLEL_FULL=1``): every registered one outside the conservative subset."""
@@ -390,8 +385,9 @@ class ParallelFacade:
         wall: float,
     ) -> None:
         """Learn from the run: what a serial run measured, or how far off its prediction was."""
-        if cost is None and items and decision.reason in _MEASURING_REASONS:
+        if cost is None and items and not decision.use_parallel:
             # the serial run measured what the items cost: the next map of fn decides on it
+            # (and, whatever made it serial, a cheap repeat runs as one block: ``repeatable``)
             costing.learn(fn, wall / items, items)
         elif (
             cost is not None

@@ -189,7 +189,7 @@ class FacadePools:
                 # tracked, so that closing the facade from another thread stops it
                 call = MapCall(fn, per_item_s=decision.per_item_s)
                 with serial.tracking(call.cancelled):
-                    return list(serial.execute(call, work, seeds))
+                    return serial.execute(call, work, seeds)  # a new list: no copy
             except BaseException as exc:
                 error = exc
                 raise

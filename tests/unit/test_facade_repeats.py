@@ -65,6 +65,20 @@ def test_a_repeated_serial_map_is_decided_once(asked: list[str]) -> None:
     assert f.last_decision is not None and f.last_decision.reason == "spawn_cost"
 
 
+def test_a_disabled_facade_learns_the_cost_and_runs_cheap_repeats_without_asking(
+    asked: list[str],
+) -> None:
+    # without a cost the assumption (FACADE_SECONDS_PER_WORK_ITEM per item) is far too long
+    # for the one-block repeat; the first serial run measures the items, whatever made it serial
+    with make(ParallelConfig()) as f:
+        for _ in range(5):
+            assert f.map(where, range(2_000))[-1][0] == 3_998
+        assert asked == ["disabled", "disabled"]  # assumed, then remembered; then repeats
+        assert f.last_decision is not None and f.last_decision.cost_source == "remembered"
+    known = MEMORY.recall(MEMORY.key(where))
+    assert known is not None and known.items == 2_000
+
+
 def test_a_remembered_cost_is_reused_until_the_memory_changes(asked: list[str]) -> None:
     MEMORY.remember_fn(where, Measurement(per_item_s=1e-6, items=50))
     with make() as f:
