@@ -101,11 +101,7 @@ def measure(
         probes, bound = 1, int(holds_gil)
     item_bytes = unshared = None
     if holds_gil or sizes:
-        from .shared_objects import find_shared
-
-        item_bytes = pickled_size(work[0])
-        shared = find_shared(fn, work) if item_bytes is not None else []
-        unshared = pickled_size(work[0], shared) if shared else item_bytes
+        item_bytes, unshared = _item_sizes(fn, work)
     measurement = Measurement(
         per_item_s=result.per_item_seconds,
         spread=result.spread,
@@ -116,11 +112,44 @@ def measure(
         item_bytes=item_bytes,
         item_unshared_bytes=unshared,
         fn_bytes=pickled_size(fn) if sizes else None,
+        sized=sizes,
         gil_probes=probes,
         gil_bound_probes=bound,
     )
     key = MEMORY.remember_fn(fn, measurement)
     return Costing("pilot", measurement, key, result.results)
+
+
+def _item_sizes(fn: Callable[..., Any], work: Sequence[Any]) -> tuple[int | None, int | None]:
+    """What the first item costs to pickle, in all and less the objects every item shares."""
+    from .shared_objects import find_shared
+
+    item_bytes = pickled_size(work[0])
+    shared = find_shared(fn, work) if item_bytes is not None else []
+    return item_bytes, pickled_size(work[0], shared) if shared else item_bytes
+
+
+def with_sizes(fn: Callable[..., Any], work: Sequence[Any], known: Costing) -> Costing:
+    """``known`` with what an item and ``fn`` cost to pickle, measured now if it lacks them.
+
+    A function remembered from a serial run, or from a pilot for a strategy that sends
+    nothing (threads), carries no sizes; a strategy that pickles work must not be blind to an
+    8 MB array per item because another facade measured the function first.
+    """
+    m = known.measurement
+    if m is None or not work or m.sized or m.item_bytes is not None:
+        return known
+    item_bytes, unshared = _item_sizes(fn, work)
+    updated = replace(
+        m,
+        item_bytes=item_bytes,
+        item_unshared_bytes=unshared,
+        fn_bytes=pickled_size(fn),
+        sized=True,
+    )
+    if known.key is not None:
+        MEMORY.remember(known.key, updated)
+    return replace(known, measurement=updated)
 
 
 def for_map(
@@ -150,6 +179,8 @@ def for_map(
     probe = 2 if sending is not None and not sending.pickles_work else 0
     known = recall(fn)
     if known is not None:
+        if may_pilot and sending is not None and sending.pickles_work:
+            known = with_sizes(fn, work, known)
         m = known.measurement
         if not (probe and may_pilot and m is not None and _wants_probe(m)):
             return known
@@ -336,4 +367,5 @@ __all__ = [
     "probe_known",
     "recall",
     "serial_cpu_ratio",
+    "with_sizes",
 ]

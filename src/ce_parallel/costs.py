@@ -55,6 +55,8 @@ class Measurement:
     item_bytes: int | None = None
     fn_bytes: int | None = None
     item_unshared_bytes: int | None = None
+    #: whether the sizes above were measured (None then means "could not be pickled")
+    sized: bool = False
     #: thread probes run so far, and how many found the items holding the GIL
     gil_probes: int = 0
     gil_bound_probes: int = 0

@@ -299,6 +299,23 @@ def test_the_pilot_sees_large_arrays_a_pickling_strategy_would_send() -> None:
         assert d.estimated_parallel_s is not None and d.estimated_parallel_s > d.estimated_serial_s
 
 
+def test_a_function_another_facade_measured_first_is_sized_for_a_pickling_strategy() -> None:
+    np = pytest.importorskip("numpy")
+    arrays = [np.ones(1_000_000) for _ in range(16)]  # 8 MB each
+    # a disabled facade (or one asking for threads) remembers the cost but no sizes
+    with facade(ParallelConfig()) as off:
+        off.map(_total, arrays)
+    known = MEMORY.recall(MEMORY.key(_total))
+    assert known is not None and not known.sized and known.item_bytes is None
+    with facade(JOBLIB) as f:
+        assert f.map(_total, arrays) == [1_000_000.0] * 16
+        d = f.last_decision
+        assert d is not None and (d.reason, d.cost_source) == ("payload_too_large", "remembered")
+        assert d.bytes_hint is not None and d.bytes_hint >= 8_000_000
+    known = MEMORY.recall(MEMORY.key(_total))
+    assert known is not None and known.sized  # measured once, then remembered
+
+
 def _total(a: Any) -> float:
     return float(a.sum())
 
