@@ -342,7 +342,8 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "of the process (joblib 3 ms x 10: parallel at 0.94-0.96 regret in two runs, serial at "
         "1.33 in the third). Retrying after 16 serial maps costs at most 2/16 of the maps a "
         "pool's loss (a 1.37x loss: under 5% on average).",
-        "python evaluation/facade_grid.py --quick, three runs (facade_grid.json is the last)",
+        "python evaluation/facade_grid.py --quick --repeats 5, run several times in a row (the "
+        "committed facade_grid.json is the last run; the earlier runs are not kept)",
     ),
     Heuristic(
         "THREAD_PROBE_MIN_WORK_S",
