@@ -200,8 +200,8 @@ def probe_threads(
 
 def overlapped(samples: Sequence[Sequence[tuple[float, float, int]]]) -> bool:
     """Whether every probe thread ran at once for at least a quarter of the longest one's run:
-    threads that ran one after another (a CPU that was asleep woke late, or items that hold the
-    GIL for less than its switch interval each) say nothing about how the items use the GIL."""
+    threads that ran one after another (one started late, or items that each hold the GIL for
+    less than its switch interval) say nothing about how the items use the GIL."""
     return _overlap(samples) is not None
 
 
