@@ -28,7 +28,6 @@ from .heuristics import (
     PILOT_MIN_CPU_RATIO,
     PROBE_MAX_FRACTION,
     PROBE_MIN_ITEMS_PER_THREAD,
-    PROBE_TARGET_S,
     RECHECK_FACTOR,
     RECHECK_MIN_S,
     THREAD_PROBE_MIN_WORK_S,
@@ -39,6 +38,7 @@ from .pilot import (
     gil_verdict,
     pickled_size,
     pilot,
+    probe_items,
     probe_threads,
     time_first_items,
 )
@@ -147,8 +147,7 @@ def with_sizes(fn: Callable[..., Any], work: Sequence[Any], known: Costing) -> C
         fn_bytes=pickled_size(fn),
         sized=True,
     )
-    if known.key is not None:
-        MEMORY.remember(known.key, updated)
+    MEMORY.remember(known.key, updated)
     return replace(known, measurement=updated)
 
 
@@ -176,10 +175,11 @@ def for_map(
 
     records = strategy_records()
     sending = records.get(target)
-    probe = 2 if sending is not None and not sending.pickles_work else 0
+    pickles = sending is not None and sending.pickles_work
+    probe = 2 if sending is not None and not pickles else 0
     known = recall(fn)
     if known is not None:
-        if may_pilot and sending is not None and sending.pickles_work:
+        if may_pilot and pickles:
             known = with_sizes(fn, work, known)
         m = known.measurement
         if not (probe and may_pilot and m is not None and _wants_probe(m)):
@@ -199,7 +199,7 @@ def for_map(
             # asking for threads, the facade's only other choice is serial: probe items on
             # threads run at least at the serial rate, so a longer, surer probe costs nothing
             probe_share=1.0,
-            sizes=sending is not None and sending.pickles_work,
+            sizes=pickles,
         )
     except PilotError as failure:
         annotate_item_error(failure.error, failure.index, "sequential", None)
@@ -238,7 +238,7 @@ def probe_known(
     m = known.measurement
     if m is None:
         return known
-    count = min(len(work), threads * math.ceil(PROBE_TARGET_S / max(m.per_item_s, 1e-9)))
+    count = min(len(work), probe_items(m.per_item_s, threads))
     results, wall, cpu, done, read = probe_threads(
         fn, work[:count], None if seeds is None else seeds[:count], threads, m.per_item_s
     )
@@ -259,8 +259,7 @@ def probe_known(
             gil_probes=probes,
             gil_bound_probes=bound,
         )
-    if known.key is not None:
-        MEMORY.remember(known.key, updated)
+    MEMORY.remember(known.key, updated)
     return Costing("pilot", updated, known.key, results)
 
 

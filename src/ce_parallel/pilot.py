@@ -136,6 +136,11 @@ def time_first_items(
     return PilotResult(results, wall / len(results), cpu / wall if wall > 0 else 1.0, spread=spread)
 
 
+def probe_items(per_item_s: float, threads: int) -> int:
+    """How many items a thread probe wants: enough for ``PROBE_TARGET_S`` on each thread."""
+    return threads * math.ceil(PROBE_TARGET_S / max(per_item_s, 1e-9))
+
+
 def probe_threads(
     fn: Callable[..., Any],
     items: Sequence[Any],
@@ -270,7 +275,7 @@ def pilot(
         return result
     if result.cpu_ratio >= 1 + GIL_RELEASE_MIN_SCALING:
         return result  # each item already keeps more than a CPU busy (threaded BLAS)
-    wanted_items = threads * math.ceil(PROBE_TARGET_S / max(result.per_item_seconds, 1e-9))
+    wanted_items = probe_items(result.per_item_seconds, threads)
     # the share cap bounds the probe on long maps; the minimum per thread wins over it on short
     # ones, where one item per thread would leave the verdict to start-up skew
     capped = min(wanted_items, int(len(items) * probe_share))
@@ -361,6 +366,7 @@ __all__ = [
     "overlapped",
     "pickled_size",
     "pilot",
+    "probe_items",
     "probe_threads",
     "read_overlap",
     "time_first_items",
