@@ -130,22 +130,22 @@ def _item_sizes(fn: Callable[..., Any], work: Sequence[Any]) -> tuple[int | None
 
 
 def with_sizes(fn: Callable[..., Any], work: Sequence[Any], known: Costing) -> Costing:
-    """``known`` with what an item and ``fn`` cost to pickle, measured now if it lacks them.
+    """``known`` with what an item and ``fn`` cost to pickle, each measured now if it lacks it.
 
     A function remembered from a serial run, or from a pilot for a strategy that sends
     nothing (threads), carries no sizes; a strategy that pickles work must not be blind to an
     8 MB array per item because another facade measured the function first.
     """
     m = known.measurement
-    if m is None or not work or m.sized or m.item_bytes is not None:
+    if m is None or not work or m.sized:
         return known
-    item_bytes, unshared = _item_sizes(fn, work)
+    item_bytes, unshared = m.item_bytes, m.item_unshared_bytes
+    if item_bytes is None:
+        item_bytes, unshared = _item_sizes(fn, work)
+    # a pilot that found the items holding the GIL measured them, but not fn
+    fn_bytes = pickled_size(fn) if m.fn_bytes is None else m.fn_bytes
     updated = replace(
-        m,
-        item_bytes=item_bytes,
-        item_unshared_bytes=unshared,
-        fn_bytes=pickled_size(fn),
-        sized=True,
+        m, item_bytes=item_bytes, item_unshared_bytes=unshared, fn_bytes=fn_bytes, sized=True
     )
     MEMORY.remember(known.key, updated)
     return replace(known, measurement=updated)

@@ -323,6 +323,24 @@ def test_a_function_another_facade_measured_first_is_sized_for_a_pickling_strate
     assert known is not None and known.sized  # measured once, then remembered
 
 
+def test_a_function_remembered_with_item_sizes_only_is_sized_whole() -> None:
+    import functools
+
+    np = pytest.importorskip("numpy")
+    bound = functools.partial(_offset_total, np.ones(1_000_000))  # 8 MB carried by fn
+    # what a pilot that found the items holding the GIL leaves: the items' sizes, not fn's
+    MEMORY.remember_fn(
+        bound, Measurement(per_item_s=1e-6, holds_gil=True, item_bytes=5, item_unshared_bytes=5)
+    )
+    with facade(JOBLIB) as f:
+        f.map(bound, range(2_000))
+        assert f.last_decision is not None and f.last_decision.cost_source == "remembered"
+    known = MEMORY.recall(MEMORY.key(bound))
+    assert known is not None and known.sized
+    assert known.item_bytes == 5  # what was measured stays
+    assert known.fn_bytes is not None and known.fn_bytes >= 8_000_000
+
+
 def _total(a: Any) -> float:
     return float(a.sum())
 
