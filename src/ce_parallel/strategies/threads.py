@@ -9,6 +9,11 @@ The pool is a small one of our own rather than ``concurrent.futures.ThreadPoolEx
 threads the interpreter joins at exit: a worker busy with a long item (or a hanging
 ``worker_initializer``) would then keep a Ctrl-C'd or SIGTERM'd program alive until the item
 ends. Our workers are daemon threads, and ``shutdown(cancel=True)`` never waits for them.
+
+A map's chunks do not go through the pool's queue one by one: at most one task per worker runs
+them, each claiming the next chunk in input order when it is free (``_Claims``). A chunk then
+costs its future and no queue hand-off or wake-up of a sleeping thread; the claiming keeps the
+workers balanced however uneven the chunks are.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ class DaemonThreadPool:
         self._lock = threading.Lock()
         self._closed = False
         self._pool_id = next(self._counter)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``shutdown`` was called: a task running chunks claims no new one."""
+        return self._closed
 
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
         fut: Future[Any] = Future()
@@ -98,6 +108,52 @@ class DaemonThreadPool:
                     thread.join()
 
 
+class _Claims:
+    """A map's chunks and their futures, claimed one at a time by the tasks that run them."""
+
+    def __init__(self, jobs: list[ChunkJob], futures: list[Future[ChunkOutcome]]) -> None:
+        self._lock = threading.Lock()
+        self._next = zip(jobs, futures, strict=True)
+
+    def claim(self) -> tuple[ChunkJob, Future[ChunkOutcome]] | None:
+        """The next chunk whose future was not cancelled (marked running), or None."""
+        while True:
+            with self._lock:
+                pair = next(self._next, None)
+            if pair is None or pair[1].set_running_or_notify_cancel():
+                return pair
+
+    def drop_rest(self) -> None:
+        """Cancel every chunk not yet claimed: no task is left to run it."""
+        while True:
+            with self._lock:
+                pair = next(self._next, None)
+            if pair is None:
+                return
+            pair[1].cancel()
+
+    def run(self, pool: DaemonThreadPool) -> None:
+        """Run claimed chunks until none is left (or the pool is shut down)."""
+        while not pool.closed:
+            pair = self.claim()
+            if pair is None:
+                return
+            job, fut = pair
+            try:
+                outcome = run_chunk(job)
+            except BaseException as exc:  # run_chunk returns user errors; this is the machinery
+                fut.set_exception(exc)
+            else:
+                fut.set_result(outcome)
+            del pair, job, fut
+        self.drop_rest()
+
+    def dropped(self, runner: Future[Any]) -> None:
+        """A task that was to run chunks was cancelled by the pool's shutdown: so are they."""
+        if runner.cancelled():
+            self.drop_rest()
+
+
 class ThreadExecutor(PooledExecutor):
     """Runs chunks on a pool of daemon threads in this process."""
 
@@ -111,11 +167,15 @@ class ThreadExecutor(PooledExecutor):
                 self._pool = DaemonThreadPool(self.workers, "ce-parallel-thread")
 
     def submit_chunks(self, jobs: list[ChunkJob]) -> list[Future[ChunkOutcome]]:
-        """One ``run_chunk`` task per job."""
+        """A future per job; at most one pool task per worker runs the jobs (``_Claims``)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("the thread pool was released")
-        return [pool.submit(run_chunk, job) for job in jobs]
+        futures: list[Future[ChunkOutcome]] = [Future() for _ in jobs]
+        claims = _Claims(jobs, futures)
+        for _ in range(min(self.workers, len(jobs))):
+            pool.submit(claims.run, pool).add_done_callback(claims.dropped)
+        return futures
 
     def release_pool(self, kill: bool) -> None:
         """Shut the thread pool down; queued chunks are dropped; ``kill`` does not wait.
