@@ -19,11 +19,11 @@ and record metrics and telemetry. A strategy fills in four hooks:
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 import warnings
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -71,19 +71,50 @@ def clear_last_map() -> None:
     _last_map.caller_items = 0
 
 
-def _arrived(
-    arrivals: queue.SimpleQueue[Future[ChunkOutcome]], timeout: float
-) -> list[Future[ChunkOutcome]]:
-    """The futures done since the last call: waits up to ``timeout`` for the first one."""
-    try:
-        done = [arrivals.get(timeout=timeout)]
-    except queue.Empty:
-        return []
-    while True:
-        try:
-            done.append(arrivals.get_nowait())
-        except queue.Empty:
-            return done
+class _Arrivals:
+    """The futures of a map as they finish, for the thread that collects them.
+
+    Every future reports itself once; the collector is woken only when it has something to
+    do: the last future finished, one failed or was cancelled (the chunks after it are to be
+    stopped), or a progress bar is to advance. A chunk that merely succeeded waits in the
+    list: a wake-up costs the collector the GIL, which the workers of a thread pool need and
+    which, on two CPUs, takes a CPU from a process pool's worker.
+    """
+
+    def __init__(self, expected: int, eager: bool) -> None:
+        self._done: deque[Future[ChunkOutcome]] = deque()
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._left = expected
+        self._eager = eager
+
+    def put(self, fut: Future[ChunkOutcome]) -> None:
+        """Called once by each future when it is done (in whichever thread finished it)."""
+        self._done.append(fut)
+        with self._lock:
+            self._left -= 1
+            last = self._left <= 0
+        if last or self._eager or _went_wrong(fut):
+            self._ready.set()
+
+    def take(self, timeout: float) -> list[Future[ChunkOutcome]]:
+        """The futures done since the last call, once woken; waits up to ``timeout``."""
+        if not self._ready.wait(timeout):
+            return []
+        # cleared before the list is read: a future that reports itself meanwhile sets it again
+        self._ready.clear()
+        done = []
+        while self._done:
+            done.append(self._done.popleft())
+        return done
+
+
+def _went_wrong(fut: Future[ChunkOutcome]) -> bool:
+    """Whether a done chunk's future was cancelled, failed, or carries an error."""
+    if fut.cancelled() or fut.exception() is not None:
+        return True
+    outcome = fut.result()
+    return outcome.error is not None or outcome.machinery_error is not None
 
 
 class PooledExecutor(ParallelExecutor):
@@ -388,8 +419,8 @@ class PooledExecutor(ParallelExecutor):
         busy = 0.0
         finished = 0
         # each future reports itself once when done: a wake costs O(1), not a new waiter on
-        # every pending future (which holds the GIL the workers of a thread pool need)
-        arrivals: queue.SimpleQueue[Future[ChunkOutcome]] = queue.SimpleQueue()
+        # every pending future, and comes only when there is something to do (``_Arrivals``)
+        arrivals = _Arrivals(len(futures), eager=call.bar is not None)
         for fut in futures:
             fut.add_done_callback(arrivals.put)
         try:
@@ -397,7 +428,7 @@ class PooledExecutor(ParallelExecutor):
                 timeout = POLL_INTERVAL_S
                 if call.deadline is not None:
                     timeout = max(0.0, min(timeout, call.deadline - time.monotonic()))
-                done = _arrived(arrivals, timeout)
+                done = arrivals.take(timeout)
                 for fut in done:
                     if fut not in pending:
                         continue  # dropped after an error: it was cancelled or is ignored
