@@ -13,6 +13,7 @@ remembered for the process's lifetime; until then the registry's prior (``Resour
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -91,8 +92,10 @@ def function_key(fn: Callable[..., Any], forget: Callable[[Any], None]) -> Hasha
 
     A bound method is keyed by its object and function (``WeakMethod``), so the same method of
     the same object is found again; a ``functools.partial`` by its function and the identity
-    of its bound arguments (a new partial of the same model each call is the same work). The
-    key never keeps ``fn`` or what it carries alive; ``forget`` is called with the key when the
+    of its bound arguments (a new partial of the same model each call is the same work); a
+    function that takes no weak reference (``np.sum``) by itself, when its module holds it
+    under its name (so it lives as long as the module). The key never keeps ``fn`` or what it
+    carries alive beyond that; ``forget`` is called with the key when the
     function it stands for is collected.
     """
     try:
@@ -106,11 +109,25 @@ def function_key(fn: Callable[..., Any], forget: Callable[[Any], None]) -> Hasha
             return ("partial", inner, bound)
         if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
             return weakref.WeakMethod(fn, forget)
-        key = weakref.ref(fn, forget)
+        try:
+            key = weakref.ref(fn, forget)
+        except TypeError:
+            # a builtin (``abs``) or a NumPy function (``np.sum``) takes no weak reference;
+            # one that its module holds lives as long as the module, so it is keyed itself
+            return ("module", fn) if _held_by_module(fn) else None
         hash(key)
     except TypeError:
         return None
     return key
+
+
+def _held_by_module(fn: Any) -> bool:
+    """Whether ``fn`` is what its module holds under its name (so it is never collected)."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "builtins")
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if module is None or not isinstance(name, str) or "." in name:
+        return False
+    return getattr(module, name, None) is fn and isinstance(fn, Hashable)
 
 
 class CostMemory:

@@ -323,6 +323,33 @@ def test_a_function_another_facade_measured_first_is_sized_for_a_pickling_strate
     assert known is not None and known.sized  # measured once, then remembered
 
 
+def test_a_numpy_function_that_takes_no_weak_reference_is_remembered() -> None:
+    np = pytest.importorskip("numpy")
+    from ce_parallel.costs import function_key
+
+    with pytest.raises(TypeError):
+        weakref.ref(np.sum)
+    assert MEMORY.key(np.sum) == MEMORY.key(np.sum) is not None
+    assert function_key(np.add, lambda _: None) is not None  # a ufunc, held by numpy
+    arrays = [np.ones(1_000_000) for _ in range(16)]  # 8 MB each
+    with facade(JOBLIB) as f:
+        f.map(np.sum, arrays)
+        assert f.last_decision is not None and f.last_decision.cost_source == "pilot"
+        assert f.map(np.sum, arrays) == [1_000_000.0] * 16
+        d = f.last_decision
+        # measured once: the second map neither pilots nor sizes the arrays again
+        assert d is not None and (d.reason, d.cost_source) == ("payload_too_large", "remembered")
+
+
+def test_a_callable_its_module_does_not_hold_is_not_kept_by_the_memory() -> None:
+    import operator
+
+    from ce_parallel.costs import function_key
+
+    getter = operator.itemgetter(1)  # no weak reference, and no module holds it
+    assert function_key(getter, lambda _: None) is None
+
+
 def test_a_function_remembered_with_item_sizes_only_is_sized_whole() -> None:
     import functools
 
