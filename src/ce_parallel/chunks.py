@@ -51,6 +51,31 @@ def chunk_count(
     return count
 
 
+def steady_cost(per_item: list[float]) -> float | None:
+    """Seconds per item of a map whose chunks ran steadily, or None if they disagreed.
+
+    ``per_item`` holds each chunk's busy seconds per item. Chunks agree when their spread,
+    relative to the typical chunk, is within ``CHUNK_STEADY_SPREAD``. From four chunks on the
+    spread is that of the middle half and the typical chunk the median: on two CPUs the
+    caller's own work (pickling, sending) slows whichever chunk shares a CPU with it, a
+    different one each map, which says nothing of the items; items of uneven cost spread the
+    middle chunks too. Fewer chunks are judged by their whole range and their mean.
+    """
+    n = len(per_item)
+    if n < 2:
+        return None
+    ordered = sorted(per_item)
+    if n >= 4:
+        typical = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        spread = ordered[(3 * n - 1) // 4] - ordered[n // 4]
+    else:
+        typical = sum(ordered) / n
+        spread = ordered[-1] - ordered[0]
+    if typical <= 0 or spread / typical > heuristics.CHUNK_STEADY_SPREAD:
+        return None
+    return typical
+
+
 def even_ranges(n: int, count: int) -> list[tuple[int, int]]:
     """``n`` items cut into ``count`` consecutive ``(start, stop)`` ranges whose sizes differ
     by at most one, the larger first: 50 items in 8 chunks are 7, 7, 6, 6, 6, 6, 6, 6 (each of
@@ -66,4 +91,4 @@ def even_ranges(n: int, count: int) -> list[tuple[int, int]]:
     return ranges if n else []
 
 
-__all__ = ["chunk_count", "default_chunksize", "even_ranges"]
+__all__ = ["chunk_count", "default_chunksize", "even_ranges", "steady_cost"]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import telemetry
 from .answers import Answers
+from .chunks import steady_cost
 from .costs import function_key
 from .errors import (
     BackendUnavailableError,
@@ -39,7 +40,6 @@ from .errors import (
 )
 from .executor import MapCall, ParallelExecutor, annotate_chunk_error, create_executor
 from .handoff import lost_chunks_error, record_fallback, start_failed
-from .heuristics import CHUNK_STEADY_SPREAD
 from .serial_loop import check_call
 from .shared_arrays import sharing_possible
 from .warmup import PoolWarmUps
@@ -209,10 +209,9 @@ class PooledExecutor(ParallelExecutor):
         """Remember how steadily the function under ``key`` ran in the workers' chunks."""
         if key is None or len(per_item) < 2 or not self.record.pickles_work:
             return
-        mean = sum(per_item) / len(per_item)
-        steady = mean > 0 and (max(per_item) - min(per_item)) / mean <= CHUNK_STEADY_SPREAD
-        if steady:
-            self._item_costs.put(key, mean)
+        steady = steady_cost(per_item)
+        if steady is not None:
+            self._item_costs.put(key, steady)
         else:
             self._item_costs.pop(key, None)
 

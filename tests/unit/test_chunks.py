@@ -126,3 +126,19 @@ def test_a_steady_earlier_map_plans_fewer_chunks_and_an_unsteady_one_the_usual()
         chunks = ex.metrics.chunks
         assert ex.map(abs, items) == items
         assert ex.metrics.chunks - chunks == 8
+
+
+def test_one_slow_chunk_of_many_leaves_a_map_steady_and_uneven_items_do_not() -> None:
+    from ce_parallel.chunks import steady_cost
+
+    # two chunks slowed by the caller sharing their CPUs, a different one each map
+    contended = [0.35, 0.97, 0.33, 0.31, 0.35, 0.35, 1.00, 0.32]
+    assert steady_cost(contended) == pytest.approx(0.35)
+    # items whose cost grows along the input: the middle chunks disagree too
+    assert steady_cost([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]) is None
+    # few chunks are judged by their whole range
+    assert steady_cost([0.4, 0.42]) == pytest.approx(0.41)
+    assert steady_cost([0.35, 1.0]) is None
+    assert steady_cost([0.35, 0.35, 1.0]) is None
+    assert steady_cost([0.5]) is None
+    assert steady_cost([0.0, 0.0, 0.0, 0.0]) is None
