@@ -66,7 +66,7 @@ import numpy as np
 import psutil
 
 import ce_parallel
-from ce_parallel import ParallelConfig, create_executor, heuristics
+from ce_parallel import ParallelConfig, ParallelFacade, create_executor, heuristics
 from ce_parallel.file_arrays import owned_files
 from ce_parallel.result_segments import result_files
 from ce_parallel.shared_arrays import segment_files
@@ -132,7 +132,24 @@ def payload_runners(pools: dict[str, Any]) -> dict[str, Callable[[list[Any]], li
         "joblib.Parallel": lambda arrays: Parallel(n_jobs=WORKERS)(
             delayed(np.sum)(a) for a in arrays
         ),
+        "facade:processes": lambda arrays: pools["facade:processes"].map(np.sum, arrays),
+        "facade:joblib": lambda arrays: pools["facade:joblib"].map(np.sum, arrays),
+        "facade:threads": lambda arrays: pools["facade:threads"].map(np.sum, arrays),
     }
+
+
+class _Facade:
+    """A facade asking for ``strategy`` (the full matrix on), shut down as the pools are."""
+
+    def __init__(self, strategy: str) -> None:
+        config = ParallelConfig(
+            enabled=True, strategy=strategy, max_workers=WORKERS, full_matrix=True
+        )
+        self.facade = ParallelFacade(config, environ={})
+        self.map = self.facade.map
+
+    def shutdown(self) -> None:
+        self.facade.close()
 
 
 def run_payload(repeats: int, scale: float) -> dict[str, Any]:
@@ -144,6 +161,14 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
     for strategy in ("processes", "joblib", "threads"):
         ex = pools[f"ce:{strategy}"] = _ce(strategy)
         cold[f"ce:{strategy}"], got = _timed(functools.partial(ex.map, np.sum, arrays))
+        assert got == expected, strategy
+    for strategy in ("processes", "joblib", "threads"):
+        pools[f"facade:{strategy}"] = _Facade(strategy)
+        # its first map pilots the function; its pool is started by a hint, as a library's is
+        pools[f"facade:{strategy}"].map(abs, range(64), seconds_per_item=1.0)
+        cold[f"facade:{strategy}"], got = _timed(
+            functools.partial(pools[f"facade:{strategy}"].map, np.sum, arrays)
+        )
         assert got == expected, strategy
     shared = [ce_parallel.as_shared(a) for a in arrays]
     pools["cf:threads"] = cf.ThreadPoolExecutor(WORKERS)
@@ -165,6 +190,11 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
                 assert list(got) == expected, name
                 times[name].append(seconds)
         fallbacks = {k: v.metrics.fallbacks for k, v in pools.items() if k.startswith("ce:")}
+        decisions = {
+            k: [v.facade.last_decision.decision, v.facade.last_decision.reason]
+            for k, v in pools.items()
+            if k.startswith("facade:")
+        }
     finally:
         for pool in pools.values():
             pool.shutdown()
@@ -177,6 +207,7 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
         "all_s": times,
         "cold_first_map_s": cold,
         "fallbacks": fallbacks,
+        "facade_decisions": decisions,
     }
 
 
@@ -451,6 +482,11 @@ def write_md(results: dict[str, Any], path: str) -> None:
         "",
         f"Fallbacks on the ce executors: {p['fallbacks']}.",
         "",
+        "The `facade:` runners are `ParallelFacade(ParallelConfig(enabled=True, strategy=..., "
+        "full_matrix=True))`, the front door a library calls, kept across the repeats (its "
+        "pool started by a cost hint, its first map of `np.sum` a pilot): what each decided "
+        f"last (decision, reason): {p.get('facade_decisions', {})}.",
+        "",
         f"## One {b['array_bytes'] / mb:.0f} MiB array bound into a partial, {b['tasks']} tasks",
         "",
         "| runner | median ms | x loop | idle USS MiB | peak USS MiB | peak PSS MiB "
@@ -548,6 +584,10 @@ def _targets(p: dict[str, Any], b: dict[str, Any], bs: dict[str, Any]) -> list[s
     rows = [
         (f"{name} >= 0.9x the loop", f"{ratio[name]:.2f}x", ratio[name] >= 0.9)
         for name in ("ce:processes", "ce:joblib", "ce:processes-as_shared", "ce:joblib-as_shared")
+    ]
+    rows += [
+        (f"{name} >= 0.9x the loop", f"{ratio[name]:.2f}x", ratio[name] >= 0.9)
+        for name in ("facade:processes", "facade:joblib")
     ]
     rows.append(
         (
