@@ -24,6 +24,11 @@ our shared-memory segments hold in ``/dev/shm`` (which no process's USS counts).
 
 ``ce:processes-as_shared`` and ``ce:joblib-as_shared`` map the same values made in shared
 memory from the start (``ce_parallel.as_shared``): they travel by the file's name, no copy.
+Each has an executor of its own, warmed by one map: an executor plans chunks from what the
+last map of the same function cost per item, which the plain arrays would set otherwise.
+
+``facade:processes``, ``facade:joblib``, ``facade:threads``: ``ParallelFacade`` asking for that
+strategy (full matrix on), its pool started by a cost hint, its first map of ``np.sum`` a pilot.
 Case ``bound_shared``: the bound case with the 400 MB array made by ``ce_parallel.shared_empty``.
 
 Case ``threshold``: ``ce:processes`` shared vs pickled over 32 arrays of several sizes, the
@@ -121,11 +126,13 @@ def payload_runners(pools: dict[str, Any]) -> dict[str, Callable[[list[Any]], li
         "ce:processes": lambda arrays: pools["ce:processes"].map(np.sum, arrays),
         "ce:processes-pickled": pickled,
         "ce:processes-imap": lambda arrays: list(pools["ce:processes"].imap(np.sum, arrays)),
-        "ce:processes-as_shared": lambda arrays: pools["ce:processes"].map(
+        "ce:processes-as_shared": lambda arrays: pools["ce:processes-as_shared"].map(
             np.sum, pools["as_shared"]
         ),
         "ce:joblib": lambda arrays: pools["ce:joblib"].map(np.sum, arrays),
-        "ce:joblib-as_shared": lambda arrays: pools["ce:joblib"].map(np.sum, pools["as_shared"]),
+        "ce:joblib-as_shared": lambda arrays: pools["ce:joblib-as_shared"].map(
+            np.sum, pools["as_shared"]
+        ),
         "ce:threads": lambda arrays: pools["ce:threads"].map(np.sum, arrays),
         "cf:threads": lambda arrays: list(pools["cf:threads"].map(np.sum, arrays)),
         "cf:processes": lambda arrays: list(pools["cf:processes"].map(np.sum, arrays)),
@@ -171,6 +178,12 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
         )
         assert got == expected, strategy
     shared = [ce_parallel.as_shared(a) for a in arrays]
+    for strategy in ("processes", "joblib"):
+        # an executor of their own: what an executor learns of np.sum's chunks (steady or not)
+        # is learnt per function, and the arrays sent by name cost another time per item
+        ex = pools[f"ce:{strategy}-as_shared"] = _ce(strategy)
+        cold[f"ce:{strategy}-as_shared"], got = _timed(functools.partial(ex.map, np.sum, shared))
+        assert got == expected, strategy
     pools["cf:threads"] = cf.ThreadPoolExecutor(WORKERS)
     pools["cf:processes"] = cf.ProcessPoolExecutor(WORKERS)
     runners = payload_runners({**pools, "as_shared": shared})
@@ -190,6 +203,12 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
                 assert list(got) == expected, name
                 times[name].append(seconds)
         fallbacks = {k: v.metrics.fallbacks for k, v in pools.items() if k.startswith("ce:")}
+        # (warm-up and cold maps included: the chunk plan an executor settles on shows)
+        chunks_per_map = {
+            k: round(v.metrics.chunks / max(1, v.metrics.maps), 2)
+            for k, v in pools.items()
+            if k.startswith("ce:")
+        }
         decisions = {
             k: [v.facade.last_decision.decision, v.facade.last_decision.reason]
             for k, v in pools.items()
@@ -208,6 +227,7 @@ def run_payload(repeats: int, scale: float) -> dict[str, Any]:
         "cold_first_map_s": cold,
         "fallbacks": fallbacks,
         "facade_decisions": decisions,
+        "chunks_per_map": chunks_per_map,
     }
 
 
@@ -364,6 +384,50 @@ def run_threshold(repeats: int, scale: float) -> dict[str, Any]:
     return out
 
 
+def run_thread_chunks(repeats: int, scale: float) -> dict[str, Any]:
+    """Threads on 32 sums, even (7.6 MiB each) and uneven (Pareto sizes, the same total), one
+    item per chunk against chunks of 2 and 4, beside ``ThreadPoolExecutor``: the evidence for
+    ``heuristics.CHEAP_CHUNKS_PER_WORKER``. 8 repeats per ``--repeats``, interleaved, rotated."""
+    rng = np.random.default_rng(0)
+    size = max(1, int(1_000_000 * scale))
+    uneven = rng.pareto(1.5, 32) + 0.2
+    shapes = {
+        "even": [size] * 32,
+        "uneven": [max(1, int(size * 32 * u / uneven.sum())) for u in uneven],
+    }
+    ex = _ce("threads")
+    pool = cf.ThreadPoolExecutor(WORKERS)
+    out: dict[str, Any] = {}
+    try:
+        for kind, sizes in shapes.items():
+            arrays = [np.random.default_rng(i).random(n) for i, n in enumerate(sizes)]
+            runners: dict[str, Callable[[], Any]] = {
+                "loop": lambda arrays=arrays: [np.sum(a) for a in arrays],
+                "cf:threads": lambda arrays=arrays: list(pool.map(np.sum, arrays)),
+            }
+            for chunk in (1, 2, 4):
+                runners[f"ce:threads chunksize={chunk}"] = functools.partial(
+                    ex.map, np.sum, arrays, chunksize=chunk
+                )
+            for run in runners.values():
+                run()  # warm
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            names = list(runners)
+            for repeat in range(8 * repeats):
+                for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                    seconds, _ = _timed(runners[name])
+                    times[name].append(seconds)
+            loop = statistics.median(times["loop"])
+            out[kind] = {
+                "median_s": {k: statistics.median(v) for k, v in times.items()},
+                "ratio_vs_loop": {k: loop / statistics.median(v) for k, v in times.items()},
+            }
+    finally:
+        ex.shutdown()
+        pool.shutdown()
+    return out
+
+
 def full_of(i: int, size: int) -> Any:
     """A new float64 array of ``size`` elements, all ``i``: a large result."""
     return np.full(size, float(i))
@@ -480,7 +544,8 @@ def write_md(results: dict[str, Any], path: str) -> None:
         )
     lines += [
         "",
-        f"Fallbacks on the ce executors: {p['fallbacks']}.",
+        f"Fallbacks on the ce executors: {p['fallbacks']}. Chunks per map, over every map "
+        f"of each executor: {p.get('chunks_per_map', {})}.",
         "",
         "The `facade:` runners are `ParallelFacade(ParallelConfig(enabled=True, strategy=..., "
         "full_matrix=True))`, the front door a library calls, kept across the repeats (its "
@@ -563,6 +628,21 @@ def write_md(results: dict[str, Any], path: str) -> None:
     lines += [
         "",
         f"Fallbacks on the ce executors: {r['fallbacks']}.",
+        "",
+        "## Thread chunks: 32 sums on 2 threads by chunk size (median ms, x loop)",
+        "",
+        "Even: 32 arrays of the payload case's size; uneven: Pareto sizes of the same total. "
+        "Interleaved, 8 x repeats each (`heuristics.CHEAP_CHUNKS_PER_WORKER`: 16 chunks of 2).",
+        "",
+        "| runner | even ms | even x loop | uneven ms | uneven x loop |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {name} | {results['thread_chunks']['even']['median_s'][name] * 1e3:.2f} | "
+            f"{results['thread_chunks']['even']['ratio_vs_loop'][name]:.2f} | "
+            f"{results['thread_chunks']['uneven']['median_s'][name] * 1e3:.2f} | "
+            f"{results['thread_chunks']['uneven']['ratio_vs_loop'][name]:.2f} |"
+            for name in results["thread_chunks"]["even"]["median_s"]
+        ],
         "",
         "## Result threshold: ce:processes, one result array per item, files vs pipe (median ms)",
         "",
@@ -657,18 +737,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR)
     parser.add_argument(
-        "--single-item-chunks-max",
+        "--cheap-chunks-per-worker",
         type=int,
-        help="threads send maps of at most this many items one item per chunk "
-        "(heuristics.SINGLE_ITEM_CHUNKS_MAX)",
+        help="chunks per worker of a threads map of at most CHEAP_CHUNKS_MAX_ITEMS items "
+        "(heuristics.CHEAP_CHUNKS_PER_WORKER; 64: one item per chunk)",
     )
     args = parser.parse_args(argv)
-    if args.single_item_chunks_max is not None:
-        heuristics.SINGLE_ITEM_CHUNKS_MAX = args.single_item_chunks_max
+    if args.cheap_chunks_per_worker is not None:
+        heuristics.CHEAP_CHUNKS_PER_WORKER = args.cheap_chunks_per_worker
     results: dict[str, Any] = {
         "repeats": args.repeats,
         "scale": args.scale,
-        "single_item_chunks_max": heuristics.SINGLE_ITEM_CHUNKS_MAX,
+        "cheap_chunks_per_worker": heuristics.CHEAP_CHUNKS_PER_WORKER,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
@@ -678,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     results["bound_shared"] = run_bound_shared(args.repeats, args.scale)
     results["payload"] = run_payload(args.repeats, args.scale)
     results["threshold"] = run_threshold(args.repeats, args.scale)
+    results["thread_chunks"] = run_thread_chunks(args.repeats, args.scale)
     results["results"] = run_results(args.repeats, args.scale)
     results["result_threshold"] = run_result_threshold(args.repeats, args.scale)
     results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

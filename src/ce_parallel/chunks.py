@@ -19,14 +19,15 @@ def default_chunksize(n: int, workers: int, cheap_dispatch: bool = False) -> int
     ``ceil(n / (workers x CHUNKS_PER_WORKER))`` items per chunk, made smaller while that leaves
     a number of chunks that is not a multiple of ``workers``: 10 coarse items on 2 workers run
     as 10 chunks (5 each), not as 5 chunks (3 and 2). A pool whose chunks cost only a queue
-    hand-off (``cheap_dispatch``: threads, nothing pickled) sends a map of at most
-    ``SINGLE_ITEM_CHUNKS_MAX`` items one item per chunk, so that no worker waits on another's
-    last chunk of several items.
+    future and a claim (``cheap_dispatch``: threads, nothing pickled) cuts a map of at most
+    ``CHEAP_CHUNKS_MAX_ITEMS`` items into ``CHEAP_CHUNKS_PER_WORKER`` per worker, so that no
+    worker waits long on another's last chunk: 32 items on 2 threads are 16 chunks of 2.
     """
     workers = max(1, workers)
-    if cheap_dispatch and n <= heuristics.SINGLE_ITEM_CHUNKS_MAX:
-        return 1
-    size = max(1, math.ceil(n / (workers * CHUNKS_PER_WORKER)))
+    per_worker = CHUNKS_PER_WORKER
+    if cheap_dispatch and n <= heuristics.CHEAP_CHUNKS_MAX_ITEMS:
+        per_worker = heuristics.CHEAP_CHUNKS_PER_WORKER
+    size = max(1, math.ceil(n / (workers * per_worker)))
     while size > 1 and math.ceil(n / size) % workers:
         size -= 1
     return size

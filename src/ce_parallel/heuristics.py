@@ -123,10 +123,12 @@ SHARED_OBJECT_MIN_BYTES = 64 * 1024
 #: CPUs of the budget that a pool's warm-up tasks leave to the caller, which runs the map's
 #: first items meanwhile (``warmup``).
 WARMUP_CALLER_CPUS = 1
-#: A map of at most this many items on a pool that pickles nothing (threads) runs one item per
-#: chunk: a hand-off costs a few microseconds there, and a last chunk of several items keeps
-#: the other workers waiting.
-SINGLE_ITEM_CHUNKS_MAX = 64
+#: A map of at most this many items on a pool that pickles nothing (threads) is cut finer than
+#: ``CHUNKS_PER_WORKER``: ``CHEAP_CHUNKS_PER_WORKER`` chunks per worker.
+CHEAP_CHUNKS_MAX_ITEMS = 64
+#: Chunks per worker for such a map: a chunk costs a future and a claim there (no pickling, no
+#: queue hand-off), and a last chunk of many items keeps the other workers waiting.
+CHEAP_CHUNKS_PER_WORKER = 8
 #: Fixed cost of one joblib.Parallel call, even with warm workers, in seconds.
 JOBLIB_CALL_OVERHEAD_S = 0.0005
 #: Whether process workers are sized by physical cores instead of logical CPUs.
@@ -182,8 +184,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "chunk may leave another idle under CHUNKS_PER_WORKER = 4. The middle half: 32 sums "
         "of 7.6 MiB arrays in shared memory (as_shared) on 2 process workers had 1-2 of 8 "
         "chunks at 2-3x the others' seconds per item in every map, so never went to 2 chunks "
-        "(14.2 ms a map, 11.6 ms in 2 chunks; python evaluation/large_arrays.py, "
-        "evaluation/results/large_arrays.md)",
+        "(python evaluation/large_arrays.py, ce:processes-as_shared: 0.65x the loop before, "
+        "0.60-0.75x in four runs since, where its maps of 2 chunks run at about 0.8x: the "
+        "payload table of evaluation/results/large_arrays.md)",
     ),
     Heuristic(
         "RESULT_SEGMENT_MIN_BYTES",
@@ -198,14 +201,25 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "against 112.5 ms, 1 MiB x 64 32.2 against 94.4 ms, 4 MiB x 16 24.2 against 112.5 ms",
     ),
     Heuristic(
-        "SINGLE_ITEM_CHUNKS_MAX",
-        SINGLE_ITEM_CHUNKS_MAX,
-        "On threads a chunk costs a queue hand-off and a future (a few microseconds), so a map "
-        "of few items loses more to a worker waiting on another's last chunk of several items "
-        "than it saves by grouping them; past 64 items the usual chunks keep the hand-offs few.",
-        "python evaluation/large_arrays.py --repeats 15 (evaluation/results/large_arrays.md), "
-        "32 x np.sum of 7.6 MiB, medians: ce:threads 11.5 ms against cf:threads 11.9 ms; with "
-        "--single-item-chunks-max 0 (8 chunks of 4) 11.9 ms against 11.3 ms",
+        "CHEAP_CHUNKS_MAX_ITEMS",
+        CHEAP_CHUNKS_MAX_ITEMS,
+        "Up to 64 items, the usual 4 chunks per worker are chunks of up to 8 items on threads, "
+        "where the last of them can keep the other worker idle for most of its time; past 64 "
+        "the usual chunks are small against the map.",
+        "a judgement: the size of map below which the finer cut of CHEAP_CHUNKS_PER_WORKER "
+        "is measured (evaluation/results/large_arrays.md)",
+    ),
+    Heuristic(
+        "CHEAP_CHUNKS_PER_WORKER",
+        CHEAP_CHUNKS_PER_WORKER,
+        "On threads each worker claims the next chunk when it is free, so balance needs no "
+        "single-item chunks, and each chunk still costs its future, a claim and the collecting "
+        "thread's bookkeeping (a few microseconds, during which the workers wait for the GIL "
+        "between items that release it).",
+        "python evaluation/large_arrays.py --repeats 9 (evaluation/results/large_arrays.md, "
+        "'Thread chunks'), 72 interleaved runs, 32 np.sum on 2 threads, medians: even arrays "
+        "chunks of 1, 2, 4: 8.11, 7.92, 7.79 ms, ThreadPoolExecutor 8.24 ms; uneven (Pareto) "
+        "8.00, 7.89, 7.98 ms, ThreadPoolExecutor 8.27 ms; 8 chunks per worker is 2 items here",
     ),
     Heuristic(
         "FACADE_MIN_INSTANCES",

@@ -57,16 +57,18 @@ def test_n_jobs_is_accepted_as_joblib_spells_it_wherever_max_workers_is() -> Non
         ParallelConfig.from_env(environ={"CE_PARALLEL": "n_jobs=0"})
 
 
-def test_a_pool_that_pickles_nothing_sends_a_short_map_one_item_per_chunk() -> None:
-    from ce_parallel.heuristics import SINGLE_ITEM_CHUNKS_MAX
+def test_a_pool_that_pickles_nothing_cuts_a_short_map_finer() -> None:
+    from ce_parallel.heuristics import CHEAP_CHUNKS_MAX_ITEMS, CHEAP_CHUNKS_PER_WORKER
 
-    assert default_chunksize(SINGLE_ITEM_CHUNKS_MAX, 2, cheap_dispatch=True) == 1
-    longer = SINGLE_ITEM_CHUNKS_MAX + 1
+    assert CHEAP_CHUNKS_PER_WORKER > CHUNKS_PER_WORKER
+    assert default_chunksize(32, 2, cheap_dispatch=True) == 2  # 16 chunks
+    assert default_chunksize(10, 2, cheap_dispatch=True) == 1
+    longer = CHEAP_CHUNKS_MAX_ITEMS + 1
     assert default_chunksize(longer, 2, cheap_dispatch=True) == default_chunksize(longer, 2) > 1
     assert default_chunksize(32, 2) == 4  # a pool that pickles keeps its chunks
     with create_executor(ParallelConfig(enabled=True, strategy="threads", max_workers=2)) as ex:
         assert ex.map(abs, list(range(-16, 16))) == [abs(x) for x in range(-16, 16)]
-        assert ex.metrics.chunks == 32
+        assert ex.metrics.chunks == 16
 
 
 @pytest.mark.parametrize("n", [1, 7, 50, 51, 1000])
@@ -102,7 +104,7 @@ def test_steady_cheap_items_are_cut_into_fewer_chunks_only_where_pickled() -> No
     assert chunk_count(50, 3, steady_item_s=1e-9) == 3
     # enough work for the usual chunks: the usual chunks
     assert chunk_count(50, 2, steady_item_s=0.1) == 8
-    # a pool that pickles nothing keeps its one-item chunks
+    # a pool that pickles nothing keeps its fine chunks
     assert chunk_count(50, 2, cheap_dispatch=True, steady_item_s=1e-6) == 50
     assert chunk_count(0, 2) == 0
 
