@@ -30,6 +30,7 @@ from .heuristics import (
     PROBE_MIN_ITEMS_PER_THREAD,
     RECHECK_FACTOR,
     RECHECK_MIN_S,
+    RUNNER_UP_MARGIN,
     THREAD_PROBE_MIN_WORK_S,
 )
 from .pilot import (
@@ -289,6 +290,7 @@ def check_run(
     predicted_s: float | None,
     start_s: float = 0.0,
     serial_s: float | None = None,
+    runner_up_s: float | None = None,
 ) -> bool:
     """Compare a run with its prediction; two runs far off in a row update the memory. True if
     updated.
@@ -304,36 +306,39 @@ def check_run(
     pilot, which meets the workers cold): the choice itself was wrong (a model 1.2-2x
     optimistic chooses a pool that loses to the loop on every call). The margin is the
     decision's own: a pilot's estimate of the loop is itself off by up to ~2x in a noisy
-    spell, and a run merely as slow as that estimate would turn good decisions back. A serial
-    run of a function whose pools' times were remembered counts towards
-    ``OBSERVED_RETRY_MAPS``: after that many, those times are forgotten (True is returned) and
-    the next decision weighs the model again.
+    spell, and a run merely as slow as that estimate would turn good decisions back. Where
+    another pool was weighed too (``auto``), a parallel run that took ``RUNNER_UP_MARGIN``
+    times ``runner_up_s``, that pool's estimate, counts as far off in the same way: the pool
+    it ran on may not be the best after all (threads on items only partly free of the GIL).
+    A run of a function whose pools' times were remembered, on a strategy with none
+    remembered (serial, or another pool), counts towards ``OBSERVED_RETRY_MAPS``: after that
+    many, those times are forgotten (True is returned) and the next decision weighs the model
+    again.
     """
     if costing.key is None or costing.measurement is None or items <= 0 or predicted_s is None:
         return False
     if predicted_s <= 0 or wall_s <= 0 or max(wall_s, predicted_s) < RECHECK_MIN_S:
         return False
     known = costing.measurement
-    if strategy == "sequential" and known.observed:
-        # serial because a pool ran slowly for fn: retry the model now and then, so that a slow
-        # spell of the machine does not keep the pools away for the process's lifetime
-        runs = known.serial_runs + 1
+    if known.observed and known.observed_for(strategy) is None:
+        # kept off a pool because it ran slowly for fn (serial, or on another pool): retry the
+        # model now and then, so that a slow spell of the machine does not keep that pool
+        # away for the process's lifetime
+        runs = known.unobserved_runs + 1
         if runs >= OBSERVED_RETRY_MAPS:
-            _keep(costing, replace(known, observed=(), suspect=None, serial_runs=0))
+            _keep(costing, replace(known, observed=(), suspect=None, unobserved_runs=0))
             return True
-        known = replace(known, serial_runs=runs)
+        known = replace(known, unobserved_runs=runs)
         _keep(costing, known)
     pending = known.suspect if known.suspect and known.suspect[0] == strategy else None
     per_item = max(0.0, wall_s - start_s) / items
     expected = predicted_s / items
     # (a function's first run on a pool, right after its pilot, plans chunks without a known
     # item cost and meets the workers cold: it is not judged against the loop)
-    lost = (
-        costing.source != "pilot"
-        and strategy != "sequential"
-        and serial_s is not None
-        and wall_s > MIN_PARALLEL_GAIN * serial_s > 0
-    )
+    judged = costing.source != "pilot" and strategy != "sequential"
+    lost = judged and serial_s is not None and wall_s > MIN_PARALLEL_GAIN * serial_s > 0
+    beaten = judged and runner_up_s is not None and wall_s > RUNNER_UP_MARGIN * runner_up_s > 0
+    lost = lost or beaten
     if not lost and abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
         if pending is not None:
             _keep(costing, replace(known, suspect=None))

@@ -66,8 +66,9 @@ class Measurement:
     observed: tuple[tuple[str, float], ...] = field(default=())
     #: a run of a strategy far from its prediction, waiting for a second to confirm it
     suspect: tuple[str, float] | None = None
-    #: serial runs since a strategy's time was remembered in ``observed``
-    serial_runs: int = 0
+    #: runs on strategies with no time in ``observed`` (the loop, or another pool) since one was
+    #: remembered there
+    unobserved_runs: int = 0
 
     @property
     def gil_verdict_settled(self) -> bool:

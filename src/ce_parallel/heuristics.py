@@ -65,13 +65,18 @@ FACADE_PILOT_MIN_ITEMS = 8
 #: A run whose time is more than this many times off its prediction replaces the remembered
 #: measurement (the pilot misjudged the function, or the machine changed).
 RECHECK_FACTOR = 2.0
+#: A parallel run of ``auto`` that takes this many times the estimate of the best pool it did
+#: not choose counts as far off its prediction (see ``RECHECK_FACTOR``): two such runs in a row
+#: and what it measured is remembered, so the next choice weighs it against that pool.
+RUNNER_UP_MARGIN = 1.2
 #: ... unless both the run and its prediction are shorter than this (seconds): too short to
 #: measure, and too short for any pool to pay.
 RECHECK_MIN_S = 0.002
-#: A function kept serial by what its pools measured (``Measurement.observed``) has those
-#: measurements forgotten after this many serial maps, so the model is weighed (and a pool
-#: tried, and checked by two runs) again: at most 2 of every this many maps run on a pool that
-#: may lose, while two slow runs in a noisy spell no longer keep a function serial for good.
+#: A function kept off a pool by what that pool measured (``Measurement.observed``) has those
+#: measurements forgotten after this many maps run elsewhere (serially, or on another pool),
+#: so the model is weighed (and the pool tried, and checked by two runs) again: at most 2 of
+#: every this many maps run on a pool that may lose, while two slow runs in a noisy spell no
+#: longer keep a function off a pool for good.
 OBSERVED_RETRY_MAPS = 16
 #: A cold pool is charged 1/this of its start cost: pools are reused across maps.
 AUTO_EXPECTED_MAPS_PER_POOL = 4
@@ -295,6 +300,21 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "(for example its GIL use), and what the run measured replaces what was remembered.",
         "tests/unit/test_gate.py (injected runs); auto once chose threads for GIL-bound work "
         "after a misjudged probe and kept it (1.99x slower for every later call)",
+    ),
+    Heuristic(
+        "RUNNER_UP_MARGIN",
+        RUNNER_UP_MARGIN,
+        "When threads and a pool that pickles are estimated close, a run of the chosen one well "
+        "inside RECHECK_FACTOR of its own estimate can still be slower than the other would "
+        "have been. The margin is MIN_PARALLEL_GAIN's: a pool is chosen over the loop when "
+        "estimated 1.2x faster, and threads are left for a pool that pickles when that pool "
+        "is estimated 1.2x faster than they ran (two runs in a row), or kept on GIL-free items "
+        "unless it is estimated 1.2x faster than them. 1.1 let a noisy spell move NumPy "
+        "matmuls, fastest on threads, to processes and joblib in turn (regret 1.17).",
+        "python evaluation/parallel_ablation.py (evaluation/results/full.md), cv: 8 folds "
+        "whose forest fits release the GIL in part; the thread probe measured 1.95x, auto chose "
+        "threads at an estimated 463 ms and they ran 610-807 ms, where processes and joblib "
+        "took 490-610 ms (auto regret 1.30)",
     ),
     Heuristic(
         "RECHECK_MIN_S",

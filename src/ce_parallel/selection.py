@@ -28,6 +28,7 @@ from .heuristics import (
     PROCESS_BYTES_PER_S,
     PROCESS_CHUNK_OVERHEAD_S,
     PROCESS_MAX_TASK_BYTES,
+    RUNNER_UP_MARGIN,
     THREAD_CHUNK_OVERHEAD_S,
 )
 from .registry import StrategyRecord, strategy_record, strategy_records
@@ -219,11 +220,10 @@ def explain_selection(
             excluded[name] = (
                 f"items carry {payload:,} bytes, which process workers would have to pickle"
             )
-        elif profile.holds_gil is False:
-            excluded[name] = (
-                "items release the GIL, so threads run them in parallel without pickling"
-            )
         else:
+            # (items that release the GIL are weighed on processes too: where only part of an
+            # item is free of the GIL, threads run slower than estimated, and a run slower than
+            # this pool's estimate turns the choice, see ``costing.check_run``)
             estimates[name] = estimate()
         if not measured and profile.holds_gil is None and name not in excluded:
             # Unmeasured work could be GIL-bound (threads lose) or GIL-free (processes pay for
@@ -248,6 +248,16 @@ def explain_selection(
         return Selection("sequential", f"{what}; {why}", estimates)
     # Lowest estimate; ties go to the strategy registered first (cheapest machinery).
     best = min(candidates, key=lambda s: (candidates[s], candidates_in_order.index(s)))
+    threads = candidates.get("threads")
+    if (
+        profile.holds_gil is False
+        and strategy_record(best).pickles_work
+        and threads is not None
+        and threads <= RUNNER_UP_MARGIN * candidates[best]
+    ):
+        # items free of the GIL stay on threads unless a pool that pickles them is clearly
+        # faster: by the margin that turns a run of threads back (``costing.check_run``)
+        best = "threads"
     speedup = serial / candidates[best] if candidates[best] > 0 else math.inf
     if speedup < MIN_PARALLEL_GAIN:
         return Selection(

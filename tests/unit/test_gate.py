@@ -225,6 +225,29 @@ def test_parallel_runs_slower_than_the_serial_loop_turn_the_decision_back() -> N
     assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
 
 
+def test_a_pool_slower_than_the_runner_up_was_estimated_turns_autos_choice() -> None:
+    # threads chosen at 0.46 s over processes at 0.47 s; they run 0.61 s, well inside
+    # RECHECK_FACTOR of their own estimate and faster than the loop (0.9 s)
+    key = MEMORY.remember_fn(_double, Measurement(per_item_s=0.113, holds_gil=False))
+    costing = Costing("remembered", MEMORY.recall(key), key)
+    run = {"predicted_s": 0.46, "serial_s": 0.9}
+    # within RUNNER_UP_MARGIN of the other pool's estimate: nothing changes
+    assert not check_run(costing, "threads", 8, wall_s=0.5, runner_up_s=0.47, **run)
+    assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
+    # without a runner-up (the facade weighs one pool) such a run is close enough
+    assert not check_run(costing, "threads", 8, wall_s=0.61, **run)
+    assert MEMORY.recall(key).suspect is None  # type: ignore[union-attr]
+    assert not check_run(costing, "threads", 8, wall_s=0.61, runner_up_s=0.47, **run)
+    assert check_run(costing, "threads", 8, wall_s=0.65, runner_up_s=0.47, **run)
+    observed = MEMORY.recall(key).observed_for("threads")  # type: ignore[union-attr]
+    assert observed == pytest.approx(0.63 / 8)
+    # the run right after the pilot is not judged against the other pool
+    fresh = MEMORY.remember_fn(_work, Measurement(per_item_s=0.113, holds_gil=False))
+    piloted = Costing("pilot", MEMORY.recall(fresh), fresh)
+    assert not check_run(piloted, "threads", 8, wall_s=0.61, runner_up_s=0.47, **run)
+    assert not check_run(piloted, "threads", 8, wall_s=0.61, runner_up_s=0.47, **run)
+
+
 def test_a_function_kept_serial_by_its_pools_times_tries_the_model_again() -> None:
     from ce_parallel.heuristics import OBSERVED_RETRY_MAPS
 
@@ -235,16 +258,36 @@ def test_a_function_kept_serial_by_its_pools_times_tries_the_model_again() -> No
         assert not check_run(costing, "sequential", 100, wall_s=0.1, predicted_s=0.1)
     kept = MEMORY.recall(key)
     assert kept is not None and kept.observed_for("joblib") == 0.002
-    assert kept.serial_runs == OBSERVED_RETRY_MAPS - 1
+    assert kept.unobserved_runs == OBSERVED_RETRY_MAPS - 1
     # the next serial run forgets what the pool measured: the model decides the next map
     assert check_run(costing, "sequential", 100, wall_s=0.1, predicted_s=0.1)
     retried = MEMORY.recall(key)
-    assert retried is not None and retried.observed == () and retried.serial_runs == 0
+    assert retried is not None and retried.observed == () and retried.unobserved_runs == 0
     assert retried.per_item_s == 0.001  # the serial measurement stays
     # a function nothing was observed for counts nothing
     plain = MEMORY.remember_fn(_work, Measurement(per_item_s=0.001))
     check_run(Costing("remembered", MEMORY.recall(plain), plain), "sequential", 100, 0.1, 0.1)
-    assert MEMORY.recall(plain).serial_runs == 0  # type: ignore[union-attr]
+    assert MEMORY.recall(plain).unobserved_runs == 0  # type: ignore[union-attr]
+
+
+def test_a_function_kept_off_threads_by_their_times_tries_them_again() -> None:
+    from ce_parallel.heuristics import OBSERVED_RETRY_MAPS
+
+    slow = Measurement(per_item_s=0.01, holds_gil=False, observed=(("threads", 0.02),))
+    key = MEMORY.remember_fn(_double, slow)
+    costing = Costing("remembered", MEMORY.recall(key), key)
+    # runs on another pool (auto moved to processes) count, as serial runs do
+    for _ in range(OBSERVED_RETRY_MAPS - 1):
+        assert not check_run(costing, "processes", 100, wall_s=0.5, predicted_s=0.5)
+    assert MEMORY.recall(key).observed_for("threads") == 0.02  # type: ignore[union-attr]
+    assert check_run(costing, "processes", 100, wall_s=0.5, predicted_s=0.5)
+    assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
+    # runs on the pool whose time is remembered do not count
+    timed = MEMORY.remember_fn(_work, Measurement(per_item_s=0.01, observed=(("joblib", 0.004),)))
+    on_it = Costing("remembered", MEMORY.recall(timed), timed)
+    for _ in range(OBSERVED_RETRY_MAPS + 1):
+        check_run(on_it, "joblib", 100, wall_s=0.4, predicted_s=0.4)
+    assert MEMORY.recall(timed).observed_for("joblib") == 0.004  # type: ignore[union-attr]
 
 
 def test_auto_gives_the_same_choice_for_the_same_question() -> None:

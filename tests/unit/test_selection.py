@@ -16,6 +16,7 @@ from ce_parallel.heuristics import (
     AUTO_MIN_PARALLEL_WORK_S,
     PILOT_MAX_FRACTION,
     PROCESS_MAX_TASK_BYTES,
+    RUNNER_UP_MARGIN,
 )
 from ce_parallel.pilot import (
     PilotError,
@@ -33,6 +34,7 @@ from ce_parallel.selection import (
     _auto_strategy,
     explain_selection,
     select_strategy,
+    selectable,
 )
 
 
@@ -86,6 +88,32 @@ def test_gil_releasing_work_goes_to_threads() -> None:
     strategy, reason = select_strategy(profile(holds_gil=False), machine())
     assert strategy == "threads"
     assert "release the GIL" in reason
+
+
+def test_gil_free_work_weighs_processes_too_and_stays_on_threads_within_the_margin() -> None:
+    selection = explain_selection(
+        profile(holds_gil=False, warm_pools=frozenset(selectable())), machine()
+    )
+    assert selection.strategy == "threads"
+    # processes are estimated (they were excluded for GIL-free items): a run of threads
+    # slower than this is judged against it (costing.check_run's runner_up_s)
+    assert "processes" in selection.estimates
+    # threads measured slower than processes are estimated by more than the margin: processes
+    slow = profile(
+        holds_gil=False,
+        warm_pools=frozenset(selectable()),
+        observed=(("threads", 0.005 * 0.75),),
+    )
+    chosen = explain_selection(slow, machine())
+    assert chosen.strategy in ("processes", "joblib")
+    assert chosen.estimates["threads"] > RUNNER_UP_MARGIN * chosen.estimates[chosen.strategy]
+    # ... and within the margin, threads stay
+    close = profile(
+        holds_gil=False,
+        warm_pools=frozenset(selectable()),
+        observed=(("threads", 0.005 * 0.52),),
+    )
+    assert explain_selection(close, machine()).strategy == "threads"
 
 
 @pytest.mark.parametrize("holds_gil", [True, False, None])
