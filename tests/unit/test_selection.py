@@ -260,6 +260,33 @@ def test_cheap_items_are_piloted_past_the_share_for_pilot_free_s(
     assert 95 <= result.done <= 105 and result.results == [2 * x for x in range(result.done)]
 
 
+def test_a_slow_first_item_is_left_out_of_the_pilots_cost(
+    clock: Callable[[float], FakeClock],
+) -> None:
+    fake = clock(0.002)
+    first = [True]
+
+    def cold_first(x: int) -> int:
+        if first.pop() if first else False:
+            fake.now += 0.05  # a lazy import, BLAS starting: the process's first item only
+        return fake.item(x)
+
+    result = time_first_items(cold_first, list(range(1000)), target_s=10.0)
+    assert result.done > 2
+    assert result.per_item_seconds == pytest.approx(0.002)
+    # a single item is all there is to go by: it counts
+    fake = clock(0.002)
+    first[:] = [True]
+    assert time_first_items(cold_first, list(range(1000)), max_items=1).per_item_seconds == (
+        pytest.approx(0.052)
+    )
+    # a first item faster than the rest is kept (the mean is the larger)
+    fake = clock(0.002)
+    assert time_first_items(fake.item, list(range(1000)), target_s=10.0).per_item_seconds == (
+        pytest.approx(0.002)
+    )
+
+
 def test_pilot_always_runs_at_least_one_item(clock: Callable[[float], FakeClock]) -> None:
     fake = clock(0.002)
     assert time_first_items(fake.item, [5, 6]).results == [10]
