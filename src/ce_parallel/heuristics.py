@@ -189,9 +189,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "chunk may leave another idle under CHUNKS_PER_WORKER = 4. The middle half: 32 sums "
         "of 7.6 MiB arrays in shared memory (as_shared) on 2 process workers had 1-2 of 8 "
         "chunks at 2-3x the others' seconds per item in every map, so never went to 2 chunks "
-        "(python evaluation/large_arrays.py, ce:processes-as_shared: 0.65x the loop before, "
-        "0.60-0.75x in four runs since, where its maps of 2 chunks run at about 0.8x: the "
-        "payload table of evaluation/results/large_arrays.md)",
+        "(python evaluation/large_arrays.py, evaluation/results/large_arrays.md: "
+        "ce:processes-as_shared, 32 sums of arrays in shared memory, ran 8 chunks a map "
+        "before and 3.4 a map on average since, 0.66x the loop)",
     ),
     Heuristic(
         "RESULT_SEGMENT_MIN_BYTES",
@@ -223,8 +223,9 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "between items that release it).",
         "python evaluation/large_arrays.py --repeats 9 (evaluation/results/large_arrays.md, "
         "'Thread chunks'), 72 interleaved runs, 32 np.sum on 2 threads, medians: even arrays "
-        "chunks of 1, 2, 4: 8.11, 7.92, 7.79 ms, ThreadPoolExecutor 8.24 ms; uneven (Pareto) "
-        "8.00, 7.89, 7.98 ms, ThreadPoolExecutor 8.27 ms; 8 chunks per worker is 2 items here",
+        "in chunks of 1, 2, 4: 6.23, 5.82, 5.70 ms, ThreadPoolExecutor 6.13 ms; uneven "
+        "(Pareto sizes) 6.17, 6.21, 6.89 ms, ThreadPoolExecutor 6.75 ms. Chunks of 2 (8 per "
+        "worker) are within 1% of the best on both; chunks of 4 lose 12% on uneven arrays",
     ),
     Heuristic(
         "FACADE_MIN_INSTANCES",
@@ -309,12 +310,14 @@ HEURISTICS: tuple[Heuristic, ...] = (
         "have been. The margin is MIN_PARALLEL_GAIN's: a pool is chosen over the loop when "
         "estimated 1.2x faster, and threads are left for a pool that pickles when that pool "
         "is estimated 1.2x faster than they ran (two runs in a row), or kept on GIL-free items "
-        "unless it is estimated 1.2x faster than them. 1.1 let a noisy spell move NumPy "
-        "matmuls, fastest on threads, to processes and joblib in turn (regret 1.17).",
+        "unless it is estimated 1.2x faster than them. At 1.1 a noisy spell moved NumPy "
+        "matmuls, fastest on threads, to processes and joblib in turn (regret 1.17 in one run "
+        "of python evaluation/parallel_ablation.py --workloads numpy,perturbation,bootstrap,cv).",
         "python evaluation/parallel_ablation.py (evaluation/results/full.md), cv: 8 folds "
-        "whose forest fits release the GIL in part; the thread probe measured 1.95x, auto chose "
-        "threads at an estimated 463 ms and they ran 610-807 ms, where processes and joblib "
-        "took 490-610 ms (auto regret 1.30)",
+        "whose forest fits release the GIL in part. Before, auto chose threads, estimated at "
+        "463 ms (1.95x on 2 workers), and kept them at 590-690 ms a map where processes and "
+        "joblib took about 490 ms (regret 1.30). Now its first two maps run threads (0.64, "
+        "0.70 s) and the rest processes (0.51-0.54 s): regret 1.08 over 5 repeats",
     ),
     Heuristic(
         "RECHECK_MIN_S",
