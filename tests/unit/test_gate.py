@@ -248,46 +248,43 @@ def test_a_pool_slower_than_the_runner_up_was_estimated_turns_autos_choice() -> 
     assert not check_run(piloted, "threads", 8, wall_s=0.61, runner_up_s=0.47, **run)
 
 
-def test_a_function_kept_serial_by_its_pools_times_tries_the_model_again() -> None:
+@pytest.mark.parametrize(
+    ("slow_on", "run_on"),
+    [("joblib", "sequential"), ("threads", "processes")],
+    ids=["kept-serial", "moved-to-another-pool"],
+)
+def test_a_function_kept_off_a_pool_by_its_times_tries_the_model_again(
+    slow_on: str, run_on: str
+) -> None:
     from ce_parallel.heuristics import OBSERVED_RETRY_MAPS
 
-    slow = Measurement(per_item_s=0.001, holds_gil=False, observed=(("joblib", 0.002),))
+    slow = Measurement(per_item_s=0.001, holds_gil=False, observed=((slow_on, 0.002),))
     key = MEMORY.remember_fn(_double, slow)
     costing = Costing("remembered", MEMORY.recall(key), key)
+    # runs elsewhere (serial, or another pool auto moved to) count towards the retry
     for _ in range(OBSERVED_RETRY_MAPS - 1):
-        assert not check_run(costing, "sequential", 100, wall_s=0.1, predicted_s=0.1)
+        assert not check_run(costing, run_on, 100, wall_s=0.1, predicted_s=0.1)
     kept = MEMORY.recall(key)
-    assert kept is not None and kept.observed_for("joblib") == 0.002
+    assert kept is not None and kept.observed_for(slow_on) == 0.002
     assert kept.unobserved_runs == OBSERVED_RETRY_MAPS - 1
-    # the next serial run forgets what the pool measured: the model decides the next map
-    assert check_run(costing, "sequential", 100, wall_s=0.1, predicted_s=0.1)
+    # the next one forgets what the pool measured: the model decides the next map
+    assert check_run(costing, run_on, 100, wall_s=0.1, predicted_s=0.1)
     retried = MEMORY.recall(key)
     assert retried is not None and retried.observed == () and retried.unobserved_runs == 0
     assert retried.per_item_s == 0.001  # the serial measurement stays
-    # a function nothing was observed for counts nothing
+
+
+def test_runs_on_the_timed_pool_or_of_an_untimed_function_count_nothing() -> None:
+    from ce_parallel.heuristics import OBSERVED_RETRY_MAPS
+
     plain = MEMORY.remember_fn(_work, Measurement(per_item_s=0.001))
     check_run(Costing("remembered", MEMORY.recall(plain), plain), "sequential", 100, 0.1, 0.1)
     assert MEMORY.recall(plain).unobserved_runs == 0  # type: ignore[union-attr]
-
-
-def test_a_function_kept_off_threads_by_their_times_tries_them_again() -> None:
-    from ce_parallel.heuristics import OBSERVED_RETRY_MAPS
-
-    slow = Measurement(per_item_s=0.01, holds_gil=False, observed=(("threads", 0.02),))
-    key = MEMORY.remember_fn(_double, slow)
-    costing = Costing("remembered", MEMORY.recall(key), key)
-    # runs on another pool (auto moved to processes) count, as serial runs do
-    for _ in range(OBSERVED_RETRY_MAPS - 1):
-        assert not check_run(costing, "processes", 100, wall_s=0.5, predicted_s=0.5)
-    assert MEMORY.recall(key).observed_for("threads") == 0.02  # type: ignore[union-attr]
-    assert check_run(costing, "processes", 100, wall_s=0.5, predicted_s=0.5)
-    assert MEMORY.recall(key).observed == ()  # type: ignore[union-attr]
-    # runs on the pool whose time is remembered do not count
-    timed = MEMORY.remember_fn(_work, Measurement(per_item_s=0.01, observed=(("joblib", 0.004),)))
+    timed = MEMORY.remember_fn(_double, Measurement(per_item_s=0.01, observed=(("joblib", 4e-3),)))
     on_it = Costing("remembered", MEMORY.recall(timed), timed)
     for _ in range(OBSERVED_RETRY_MAPS + 1):
         check_run(on_it, "joblib", 100, wall_s=0.4, predicted_s=0.4)
-    assert MEMORY.recall(timed).observed_for("joblib") == 0.004  # type: ignore[union-attr]
+    assert MEMORY.recall(timed).observed_for("joblib") == 4e-3  # type: ignore[union-attr]
 
 
 def test_auto_gives_the_same_choice_for_the_same_question() -> None:
