@@ -311,6 +311,35 @@ def test_small_or_disabled_work_stays_in_the_caller() -> None:
     assert disabled.map(abs, [-1, -2]) == [1, 2] and disabled.executor is None
 
 
+_TWO_AT_ONCE = threading.Barrier(2)
+
+
+def _row_task(x: int) -> tuple[int, str]:
+    # a task of rows that only finishes once another runs beside it: one worker alone times out
+    _TWO_AT_ONCE.wait(timeout=20)
+    return x, threading.current_thread().name
+
+
+def test_the_row_tasks_of_a_default_config_spread_over_the_workers() -> None:
+    # instance_chunk_size is rows per task (100 by default); the tasks the adapter maps are not
+    # bundled into chunks of that many items, which ran every task on one worker
+    executor = ParallelExecutor(
+        ParallelConfig(enabled=True, strategy="threads"), resources=FREE_STARTS
+    )
+    assert executor.config.instance_chunk_size == 100  # what calibrated-explanations reads
+    MEMORY.remember_fn(_row_task, Measurement(per_item_s=0.05, holds_gil=False))
+    try:
+        _TWO_AT_ONCE.reset()
+        out = executor.map(_row_task, range(4), work_items=400)
+        assert [x for x, _ in out] == [0, 1, 2, 3]
+        assert executor.last_decision.use_parallel
+        assert len({name for _, name in out}) == 2
+        assert all(name.startswith("ce-parallel-thread") for _, name in out)
+        assert executor.metrics.fallbacks == 0 and executor.metrics.chunks >= 2
+    finally:
+        executor.shutdown()
+
+
 @pytest.mark.parametrize("strategy", ["threads", "processes", "joblib"])
 def test_the_operator_kill_switch_holds_for_the_adapter(
     strategy: str, monkeypatch: pytest.MonkeyPatch

@@ -362,8 +362,14 @@ class ParallelExecutor:
             floor = core.min_instances_for_parallel or max(
                 FACADE_MIN_INSTANCES, core.instance_chunk_size or core.min_batch_size
             )
+            # instance_chunk_size is rows per task, which calibrated-explanations reads to cut
+            # the rows before the map; the items the facade gets are those tasks, and their
+            # chunks are the engine's to plan. Passed on, it bundled up to 100 tasks into one
+            # chunk: 200 or 1,000 rows (2 or 10 tasks) ran on one worker.
             facade = ParallelFacade(
-                core.replace(max_workers=cap, min_instances_for_parallel=floor),
+                core.replace(
+                    max_workers=cap, min_instances_for_parallel=floor, instance_chunk_size=None
+                ),
                 resources=self.resources,
                 metrics=self.metrics,
             )
