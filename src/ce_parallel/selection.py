@@ -76,6 +76,22 @@ class Selection:
     reason: str
     estimates: dict[str, float]
 
+    def other_kind_s(self, strategy: str) -> float | None:
+        """The lowest estimate among the pools of the other kind than ``strategy`` (threads
+        against pools that pickle, and back): what a run of ``strategy`` is judged against
+        (``costing.check_run``'s ``runner_up_s``). Two pools of one kind, estimated alike, are
+        not set against each other: on a noisy machine they would take turns. None for the
+        serial loop, or when no pool of the other kind was estimated."""
+        if strategy == "sequential":
+            return None
+        kind = strategy_record(strategy).pickles_work
+        others = [
+            t
+            for s, t in self.estimates.items()
+            if s not in ("sequential", strategy) and strategy_record(s).pickles_work != kind
+        ]
+        return min(others, default=None)
+
 
 def estimate_run_s(
     record: StrategyRecord,

@@ -116,6 +116,18 @@ def test_gil_free_work_weighs_processes_too_and_stays_on_threads_within_the_marg
     assert explain_selection(close, machine()).strategy == "threads"
 
 
+def test_a_run_is_judged_against_the_best_pool_of_the_other_kind() -> None:
+    from ce_parallel.selection import Selection
+
+    times = {"sequential": 1.0, "threads": 0.5, "processes": 0.47, "joblib": 0.48}
+    selection = Selection("threads", "", times)
+    assert selection.other_kind_s("threads") == 0.47
+    # two pools that pickle are not set against each other
+    assert selection.other_kind_s("processes") == 0.5
+    assert selection.other_kind_s("sequential") is None
+    assert Selection("joblib", "", {"joblib": 0.4, "processes": 0.3}).other_kind_s("joblib") is None
+
+
 @pytest.mark.parametrize("holds_gil", [True, False, None])
 def test_large_payloads_never_go_to_processes(holds_gil: bool | None) -> None:
     big = profile(holds_gil=holds_gil, item_bytes=8_000_000)

@@ -237,16 +237,8 @@ class AutoExecutor(ParallelExecutor):
             wall = time.perf_counter() - started
             self.metrics.add(maps=1, tasks_submitted=len(work), total_duration=wall)
         if cost is not None and rest and typical:
-            # a run far from its estimate, or slower than a pool of the other kind (threads
-            # against pools that pickle) was estimated at, corrects what is remembered about fn;
-            # two process pools estimated alike are not set against each other (they would
-            # take turns on a noisy machine)
-            kind = strategy_record(strategy).pickles_work if strategy != "sequential" else None
-            others = [
-                t
-                for s, t in selection.estimates.items()
-                if s not in (strategy, "sequential") and strategy_record(s).pickles_work != kind
-            ]
+            # a run far from its estimate, or slower than a pool of the other kind was
+            # estimated at, corrects what is remembered about fn
             costing.check_run(
                 cost,
                 strategy,
@@ -254,7 +246,7 @@ class AutoExecutor(ParallelExecutor):
                 time.perf_counter() - run_started,
                 selection.estimates.get(strategy),
                 serial_s=selection.estimates.get("sequential"),
-                runner_up_s=min(others) if others else None,
+                runner_up_s=selection.other_kind_s(strategy),
             )
         self.metrics.add(tasks_completed=len(work))
         if not head:
