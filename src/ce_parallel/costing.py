@@ -335,10 +335,10 @@ def check_run(
     expected = predicted_s / items
     # (a function's first run on a pool, right after its pilot, plans chunks without a known
     # item cost and meets the workers cold: it is not judged against the loop)
-    judged = costing.source != "pilot" and strategy != "sequential"
-    lost = judged and serial_s is not None and wall_s > MIN_PARALLEL_GAIN * serial_s > 0
-    beaten = judged and runner_up_s is not None and wall_s > RUNNER_UP_MARGIN * runner_up_s > 0
-    lost = lost or beaten
+    lost = (costing.source != "pilot" and strategy != "sequential") and (
+        (serial_s is not None and wall_s > MIN_PARALLEL_GAIN * serial_s > 0)
+        or (runner_up_s is not None and wall_s > RUNNER_UP_MARGIN * runner_up_s > 0)
+    )
     if not lost and abs(math.log(wall_s / predicted_s)) <= math.log(RECHECK_FACTOR):
         if pending is not None:
             _keep(costing, replace(known, suspect=None))

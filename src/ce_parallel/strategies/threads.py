@@ -115,21 +115,20 @@ class _Claims:
         self._lock = threading.Lock()
         self._next = zip(jobs, futures, strict=True)
 
+    def _take(self) -> tuple[ChunkJob, Future[ChunkOutcome]] | None:
+        with self._lock:
+            return next(self._next, None)
+
     def claim(self) -> tuple[ChunkJob, Future[ChunkOutcome]] | None:
         """The next chunk whose future was not cancelled (marked running), or None."""
-        while True:
-            with self._lock:
-                pair = next(self._next, None)
-            if pair is None or pair[1].set_running_or_notify_cancel():
+        while (pair := self._take()) is not None:
+            if pair[1].set_running_or_notify_cancel():
                 return pair
+        return None
 
     def drop_rest(self) -> None:
         """Cancel every chunk not yet claimed: no task is left to run it."""
-        while True:
-            with self._lock:
-                pair = next(self._next, None)
-            if pair is None:
-                return
+        while (pair := self._take()) is not None:
             pair[1].cancel()
 
     def run(self, pool: DaemonThreadPool) -> None:
